@@ -1,0 +1,114 @@
+"""Atomic file writes and safetensors weights that carry the config needed to rebuild them.
+
+Every file that hybridcap writes goes through a temporary file in the same folder and an
+``os.replace``, so a killed process leaves either the old file or the new one, never half of one.
+Torch is imported inside the functions that need it, to keep ``hybridcap --help`` fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hybridcap.errors import HybridcapError, RunFolderError
+
+if TYPE_CHECKING:
+    import torch
+
+CONFIG_METADATA_KEY = "hybridcap_config"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` and move it onto ``path`` when the block succeeds.
+
+    On any exception the temporary file is removed and ``path`` is left as it was.
+    Raises HybridcapError when the folder cannot be created or written.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise HybridcapError(f"cannot write to {path.parent}: {error.strerror or error}") from error
+    os.close(descriptor)
+    temporary = Path(temporary_name)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as temporary:
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], value: Any) -> None:
+    atomic_write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Read a JSON file, raising RunFolderError with the path when it is missing or invalid."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise RunFolderError(f"missing file {path}") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunFolderError(f"invalid JSON in {path}: {error}") from error
+
+
+def save_weights(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any] | None = None,
+) -> None:
+    """Write tensors to a safetensors file atomically, with ``config`` as JSON in its metadata.
+
+    Tensors are made contiguous and moved to the CPU first. ``config`` must be JSON-serialisable;
+    it is what a loader needs to rebuild the network before loading the weights.
+    """
+    from safetensors.torch import save_file
+
+    cpu_tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
+    metadata = {CONFIG_METADATA_KEY: json.dumps(dict(config or {}), sort_keys=True)}
+    with atomic_path(path) as temporary:
+        save_file(cpu_tensors, str(temporary), metadata=metadata)
+
+
+def load_weights(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a safetensors file written by ``save_weights`` and return ``(tensors, config)``.
+
+    Raises RunFolderError when the file is missing or is not a valid safetensors file.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise RunFolderError(f"missing weights file {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as file:
+            metadata = file.metadata() or {}
+            tensors = {name: file.get_tensor(name) for name in file.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise RunFolderError(f"invalid weights file {path}: {error}") from error
+    try:
+        config = json.loads(metadata.get(CONFIG_METADATA_KEY, "{}"))
+    except json.JSONDecodeError as error:
+        raise RunFolderError(f"invalid config metadata in {path}: {error}") from error
+    return tensors, config
