@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybridcap.networks.captioner import Captioner, CaptionerNetworkConfig
+from hybridcap.networks.captioner import Captioner, CaptionerNetworkConfig, DiscriminatorTrunk
 
 
 def tiny_encoder() -> nn.Module:
@@ -150,3 +150,19 @@ def test_captioner_network_config_round_trip():
     config = tiny_captioner().config
 
     assert CaptionerNetworkConfig.from_dict(config.to_dict()) == config
+
+
+def test_captioner_discriminator_trunk_drops_head():
+    from hybridcap.networks.dcgan import DcganConfig, Discriminator
+
+    discriminator = Discriminator(DcganConfig(width=4))
+    head_weight_count = discriminator.head.weight.numel()
+    total_before = sum(parameter.numel() for parameter in discriminator.parameters())
+    config = CaptionerNetworkConfig(encoder_features=discriminator.num_features, vocabulary_size=9, max_caption_length=5, embedding_dim=8, head_hidden_dim=8, word_embedding_dim=4, decoder_hidden_dim=6)
+
+    model = Captioner(DiscriminatorTrunk(discriminator), config)
+
+    trunk_total = sum(parameter.numel() for parameter in model.encoder.parameters())
+    assert trunk_total == total_before - head_weight_count
+    assert not any("head" in key and "projection_head" not in key for key in model.state_dict())
+    assert model.encode_images(random_images(2)).shape == (2, 8)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hybridcap.networks.dcgan import DcganConfig, Discriminator
+
 
 @dataclass
 class CaptionerNetworkConfig:
@@ -135,6 +137,23 @@ class CaptionDecoder(nn.Module):
         return logits
 
 
+class DiscriminatorTrunk(nn.Module):
+    """A DCGAN discriminator without its final classification layer, used as the image encoder.
+
+    The wrapped discriminator's ``head`` is removed, so the real-versus-generated classifier is
+    neither trained nor saved with the captioner.
+    """
+
+    def __init__(self, discriminator: Discriminator) -> None:
+        super().__init__()
+        self.discriminator = discriminator
+        self.discriminator.head = None
+        self.num_features = discriminator.num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.discriminator.forward_features(images)  # (B, 4 * width, 4, 4)
+
+
 class Captioner(nn.Module):
     """Encoder trunk, projection head and caption decoder.
 
@@ -151,6 +170,11 @@ class Captioner(nn.Module):
         self.projection_head = ProjectionHead(config.encoder_features, config.head_hidden_dim, config.embedding_dim, config.dropout)
         self.decoder = CaptionDecoder(config)
         self.encoder_frozen = False
+
+    @classmethod
+    def from_dcgan(cls, dcgan_config: DcganConfig, config: CaptionerNetworkConfig) -> Captioner:
+        """Build a captioner whose encoder is a freshly initialised DCGAN discriminator trunk."""
+        return cls(DiscriminatorTrunk(Discriminator(dcgan_config)), config)
 
     def freeze_encoder(self) -> None:
         """Stop training the trunk: no gradients, and eval mode so batch-norm statistics stay fixed."""
