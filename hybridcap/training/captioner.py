@@ -9,14 +9,13 @@ step, so the text tower never runs during training.
 After each epoch the trainer measures the validation loss and the greedy captions' class
 accuracy, and writes ``last.safetensors``. It also writes ``best.safetensors`` when the
 accuracy is the best so far, or equal to the best with a lower validation loss. Accuracy comes
-first because naming the right class is what the product promises; the loss breaks ties
-because, with 100 classes and a few thousand validation images, equal accuracies are common.
+first because naming the right class is what the product promises. The loss breaks ties,
+which are common with 100 classes and a few thousand validation images.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import math
 import time
@@ -36,6 +35,8 @@ from hybridcap.losses.contrastive import ClipContrastiveLoss
 from hybridcap.networks.captioner import Captioner, CaptionerNetworkConfig, DiscriminatorTrunk
 from hybridcap.networks.text_encoder import FrozenTextEncoder, TextEncoderSpec, cached_caption_embeddings
 from hybridcap.training.caption_batches import CaptionTable, augment_images, caption_token_length
+from hybridcap.training.encoder_mode import EncoderMode
+from hybridcap.training.gan_step import uses_channels_last
 from hybridcap.training.checkpoint import describe_config_difference, load_training_state, save_training_state
 from hybridcap.training.inference import (
     BEST_FILE,
@@ -51,13 +52,6 @@ from hybridcap.training.inference import (
     class_accuracy,
 )
 from hybridcap.training.reporting import TrainingReporter
-
-
-class EncoderMode(str, enum.Enum):
-    """Whether the discriminator trunk is fine-tuned or kept as the GAN left it."""
-
-    train = "train"
-    freeze = "freeze"
 
 
 # Fraction of all steps over which the learning rates rise linearly from 0 before the cosine decay.
@@ -100,7 +94,7 @@ class CaptionerConfig:
     """Options of one captioner training run, saved as the run folder's ``config.json``.
 
     The defaults are a GPU recipe. On a CPU, fewer epochs with ``precision="bf16"`` train
-    usefully (see the README for measured figures).
+    usefully; ``benchmarks/captioner_speed.py`` measures the speed of a machine.
 
     Attributes:
         data_root: folder written by ``hybridcap data``; None means ``default_data_root()``.
@@ -175,7 +169,7 @@ class CaptionerConfig:
 
 @dataclass
 class CaptionerResult:
-    """What ``train_captioner`` did.
+    """Outcome of one ``train_captioner`` call.
 
     Attributes:
         run_dir: the run folder.
@@ -279,7 +273,7 @@ def _check_resumable(run_dir: Path, config: CaptionerConfig) -> bool:
 
 
 def _remove_run_files(run_dir: Path) -> None:
-    """Delete an earlier run's files; the training state goes first, so a kill cannot resume a half-deleted run.
+    """Delete an earlier run's files, the training state first, so a kill cannot resume a half-deleted run.
 
     The caption embedding cache stays: it is keyed by weights and caption text, so it is valid
     for any run.
@@ -289,7 +283,7 @@ def _remove_run_files(run_dir: Path) -> None:
 
 
 def _read_history(path: Path, up_to_step: int) -> list[dict[str, Any]]:
-    """Read ``history.jsonl`` rows up to ``up_to_step``; later rows belong to steps that will be redone."""
+    """Read ``history.jsonl`` rows up to ``up_to_step``, because later rows belong to steps that will be redone."""
     if not path.is_file():
         return []
     rows = []
@@ -308,8 +302,8 @@ def _read_history(path: Path, up_to_step: int) -> list[dict[str, Any]]:
 def _parameter_groups(model: Captioner, contrastive_loss: ClipContrastiveLoss, config: CaptionerConfig) -> list[dict[str, Any]]:
     """Split the learnable parameters into AdamW groups by learning rate and weight decay.
 
-    Only matrices (and convolution kernels, embeddings) are decayed; decaying biases, norm
-    scales or the logit scale would only pull them towards values with no special meaning.
+    Only matrices, convolution kernels and embeddings are decayed. Decaying biases, norm scales
+    or the logit scale would only pull them towards values with no special meaning.
     """
     groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     named = [("encoder", parameter) for parameter in model.encoder.parameters()]
@@ -336,7 +330,7 @@ def _apply_rates(param_groups: list[dict[str, Any]], config: CaptionerConfig) ->
 
 
 class _CaptionerTrainer:
-    """The state of one ``train_captioner`` invocation; ``run_epoch`` does the work."""
+    """The state of one ``train_captioner`` call, whose ``run_epoch`` does the work."""
 
     def __init__(
         self,
@@ -388,6 +382,9 @@ class _CaptionerTrainer:
             torch.manual_seed(_derived_seed(config.seed, _SEED_WEIGHTS))
             self.model = Captioner(trunk, self.network_config)
         self.model.to(device)
+        self.channels_last = uses_channels_last(device)
+        if self.channels_last:
+            self.model.encoder.to(memory_format=torch.channels_last)
         if config.encoder == EncoderMode.freeze.value:
             self.model.freeze_encoder()
         self.model.train()
@@ -470,7 +467,7 @@ class _CaptionerTrainer:
         self.saved_step = self.global_step
 
     def save_weights(self, validation: dict[str, float]) -> bool:
-        """Write ``last.safetensors`` and, when validation improved, ``best.safetensors``; return whether it improved."""
+        """Write ``last.safetensors``, and ``best.safetensors`` when validation improved, and return whether it improved."""
         tensors = dict(self.model.state_dict())
         tensors[LOGIT_SCALE_KEY] = self.contrastive_loss.logit_scale.detach()
         if not all(torch.isfinite(tensor).all() for tensor in tensors.values() if tensor.is_floating_point()):
@@ -507,7 +504,7 @@ class _CaptionerTrainer:
 
         labels = self.train_labels[batch_indices]  # (B,)
         images = augment_images(self.train_images[batch_indices], self.step_random, config.max_shift)  # (B, 3, 32, 32) uint8
-        images = normalize_images(images)  # (B, 3, 32, 32) in [-1, 1]
+        images = self._layout(normalize_images(images))  # (B, 3, 32, 32) in [-1, 1]
         caption_indices = self.captions.sample(labels, self.step_random)  # (B,)
         caption_ids = self.captions.token_ids[caption_indices]  # (B, T)
 
@@ -523,6 +520,9 @@ class _CaptionerTrainer:
         values = {name: value.detach() for name, value in losses.items()}
         values["learning_rate"] = torch.tensor(config.learning_rate * factor)
         return values
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def _losses(
         self,
@@ -592,7 +592,7 @@ class _CaptionerTrainer:
             for start in range(0, count, VALIDATION_BATCH_SIZE):
                 stop = min(start + VALIDATION_BATCH_SIZE, count)
                 labels = self.val_labels[start:stop]  # (b,)
-                images = normalize_images(self.val_images[start:stop])  # (b, 3, 32, 32)
+                images = self._layout(normalize_images(self.val_images[start:stop]))  # (b, 3, 32, 32)
                 caption_indices = self.captions.fixed(labels, torch.arange(start, stop, device=self.device))  # (b,)
                 caption_ids = self.captions.token_ids[caption_indices]  # (b, T)
                 with autocast(self.device, self.precision):

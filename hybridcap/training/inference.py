@@ -39,7 +39,7 @@ LOGIT_SCALE_KEY = "contrastive_loss.logit_scale"
 
 @dataclass
 class LoadedCaptioner:
-    """A captioner ready for inference, with what its run folder says about the classes.
+    """A captioner ready for inference, with the class names and captions stored in its run folder.
 
     Attributes:
         model: the network in eval mode.
