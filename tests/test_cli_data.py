@@ -20,7 +20,8 @@ def test_data_command_archive(tmp_path: Path, generated_archive: Path) -> None:
 
     assert result.exit_code == 0, result.output
     assert "Prepared CIFAR-100" in result.stdout
-    assert "train" in result.stdout and "500" in result.stdout
+    assert "train" in result.stdout
+    assert "500" in result.stdout
     assert "100 classes in 20 superclasses" in result.stdout
     assert result.stderr.count("warning:") == 1
     assert "differs from the official CIFAR-100 release" in result.stderr

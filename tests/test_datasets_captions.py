@@ -28,7 +28,8 @@ def test_build_captions_readable() -> None:
     for class_captions in CAPTIONS:
         for caption in class_captions:
             assert "_" not in caption
-            assert "vehicles 1" not in caption and "vehicles 2" not in caption
+            assert "vehicles 1" not in caption
+            assert "vehicles 2" not in caption
             assert len(tokenize(caption)) <= 12
             assert caption == caption.strip()
             assert "  " not in caption
@@ -109,6 +110,7 @@ def test_caption_names_class_whole_words() -> None:
 def test_tokenize_like_ptb() -> None:
     assert tokenize("A picture of a Bus, a kind of vehicle.") == ["a", "picture", "of", "a", "bus", ",", "a", "kind", "of", "vehicle", "."]
     assert tokenize("a medium-sized mammal") == ["a", "medium-sized", "mammal"]
+    assert tokenize("It's a dog's bone, don't") == ["it", "'s", "a", "dog", "'s", "bone", ",", "do", "n't"]
     assert tokenize("  ") == []
 
 

@@ -96,7 +96,9 @@ def test_prepare_seed_changes_split(tmp_path: Path, generated_archive: Path) -> 
     def val_images(root: Path) -> torch.Tensor:
         return load_prepared(root).split("val").images
 
-    assert first.rebuilt and same.rebuilt and other.rebuilt
+    assert first.rebuilt
+    assert same.rebuilt
+    assert other.rebuilt
     assert torch.equal(val_images(tmp_path / "first"), val_images(tmp_path / "same"))
     assert not torch.equal(val_images(tmp_path / "first"), val_images(tmp_path / "other"))
 
@@ -182,7 +184,7 @@ def test_prepare_str_key_archive(tmp_path: Path) -> None:
 
 
 def test_prepare_rejects_two_sources(tmp_path: Path, generated_archive: Path) -> None:
-    with pytest.raises(DataError, match="--url and --archive were both given"):
+    with pytest.raises(DataError, match="--url and --archive were given together"):
         prepare_cifar100(tmp_path / "root", url="http://127.0.0.1:1/a.tar.gz", archive=generated_archive)
 
 
