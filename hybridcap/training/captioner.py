@@ -717,6 +717,8 @@ def train_captioner(
     train_count = len(data.split("train"))
     if train_count < config.batch_size:
         raise DataError(f"the training split in {config.data_root} has {train_count} images, fewer than one batch of {config.batch_size}; lower --batch-size")
+    if len(data.split("val")) == 0:
+        raise DataError(f"the validation split in {config.data_root} is empty, so no checkpoint could be selected; run `hybridcap data --root {config.data_root} --val-per-class 50 --force`")
     trunk = _load_gan_trunk(Path(config.gan_run), device)
     if resume:
         _check_same_gan_width(run_dir, trunk)
