@@ -5,7 +5,7 @@ decoder, cross-entropy and contrastive loss, AdamW) on the prepared training spl
 randomly initialised DCGAN trunk of the given width: the weights do not change the speed.
 The cache side builds the randomly initialised ViT-B-16 text tower (``--clip-pretrained none``)
 and embeds the real caption set of the prepared data, as the first run of ``train-captioner``
-does; the import of open_clip is counted in.
+does. The time includes importing open_clip.
 
 Usage, with hybridcap importable (installed, or PYTHONPATH=. from the repository root), after
 ``hybridcap data``:

@@ -10,7 +10,7 @@ from hybridcap.training.captioner import CaptionerConfig
 
 
 def tiny_config(data: Path, gan: Path, out: Path, **changes) -> CaptionerConfig:
-    """A CaptionerConfig with tiny networks that trains in well under a second per epoch."""
+    """Return a CaptionerConfig with tiny networks and one-thread-friendly sizes for fast tests."""
     config = CaptionerConfig(
         data_root=str(data),
         gan_run=str(gan),

@@ -15,7 +15,7 @@ from hybridcap.training.gan import GanConfig, load_discriminator, train_gan
 from hybridcap.training.inference import class_accuracy, load_captioner
 from hybridcap.training.reporting import TrainingReporter
 
-# The captioner_data fixture has 50 training images; tiny_config's batches of 10 give 5 steps.
+# The captioner_data fixture has 50 training images, so tiny_config's batches of 10 give 5 steps.
 STEPS_PER_EPOCH = 5
 
 
