@@ -1,5 +1,7 @@
 import dataclasses
 import json
+import subprocess
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from captioner_helpers import tiny_config, with_cache
 from hybridcap.datasets import load_prepared
 from hybridcap.errors import DataError, HybridcapError, RunFolderError, TrainingDivergedError
 from hybridcap.io import load_weights, read_json
-from hybridcap.training.captioner import train_captioner
+from hybridcap.training.captioner import CaptionerConfig, train_captioner
 from hybridcap.training.gan import GanConfig, load_discriminator, train_gan
 from hybridcap.training.inference import class_accuracy, load_captioner
 from hybridcap.training.reporting import TrainingReporter
@@ -266,3 +268,37 @@ def test_load_captioner_missing_checkpoint_raises(tmp_path: Path):
     (tmp_path / "run").mkdir()
     with pytest.raises(RunFolderError, match="no best checkpoint in"):
         load_captioner(tmp_path / "run")
+
+
+def test_load_captioner_captions_with_beam_search(captioner_data: Path, captioner_gan_run: Path, captioner_embedding_cache: Path, tmp_path: Path):
+    out = with_cache(tmp_path / "run", captioner_embedding_cache)
+    train_captioner(tiny_config(captioner_data, captioner_gan_run, out, epochs=1))
+    loaded = load_captioner(out, "best")
+    images = load_prepared(captioner_data).split("val").images
+
+    greedy = loaded.caption(images, batch_size=3)
+    beam = loaded.caption(images, beam_size=3)
+
+    assert len(greedy) == len(beam) == 10
+    assert all(isinstance(caption, str) and caption for caption in beam)
+    assert not loaded.model.training
+    assert loaded.fine_to_coarse == load_prepared(captioner_data).fine_to_coarse
+    assert loaded.config["network"]["vocabulary_size"] == len(loaded.vocabulary)
+
+
+def test_load_captioner_does_not_import_open_clip(captioner_data: Path, captioner_gan_run: Path, tmp_path: Path):
+    train_captioner(tiny_config(captioner_data, captioner_gan_run, tmp_path / "run", epochs=1, contrastive_weight=0.0))
+    code = (
+        "import sys, torch; from hybridcap.training.inference import load_captioner; "
+        f"loaded = load_captioner({str(tmp_path / 'run')!r}); loaded.caption(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)); "
+        "print('open_clip' in sys.modules)"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1], check=True)
+
+    assert completed.stdout.strip() == "False"
+
+
+def test_captioner_config_round_trip():
+    config = CaptionerConfig(epochs=3, clip_weights="/weights.safetensors", encoder="freeze")
+
+    assert CaptionerConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
