@@ -376,8 +376,8 @@ class _CaptionerTrainer:
             dropout=config.dropout,
         )
         self.dcgan_config = trunk.discriminator.config
-        # The head and decoder are initialised inside the fork, from the run's seed, so the
-        # global RNG state (used by dropout) is the same whatever ran before train_captioner.
+        # The head and decoder weights come from a seed of their own. Dropout draws from the
+        # global RNG, seeded below from the run's seed and saved with the training state.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_derived_seed(config.seed, _SEED_WEIGHTS))
             self.model = Captioner(trunk, self.network_config)
