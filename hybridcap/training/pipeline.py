@@ -1,0 +1,368 @@
+"""The whole job in one experiment folder: prepare data, train the GAN, train the captioner, evaluate.
+
+A pipeline config has one table per stage. The ``gan`` and ``captioner`` tables hold fields of
+``GanConfig`` and ``CaptionerConfig``; the pipeline fills in the fields that tie the stages
+together (data root, output folders, the GAN run the captioner loads, seed, device, precision).
+
+Values are layered: the preset, then the TOML file, then command-line overrides. The resolved
+config is saved as ``pipeline.json`` in the experiment folder. Each stage that finishes is
+recorded in ``stages.json`` with the config it ran with, so a rerun skips it, and an
+interrupted stage resumes from its own checkpoint because the trainers resume by themselves.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hybridcap.errors import HybridcapError, RunFolderError
+from hybridcap.io import atomic_write_json, read_json
+from hybridcap.training.reporting import TrainingReporter
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+STAGES = ("data", "gan", "captioner", "eval")
+
+# Fields that the pipeline sets itself; a config file must not set them per stage.
+_LINKED_FIELDS = {
+    "gan": {"data_root", "out", "seed", "device", "precision"},
+    "captioner": {"data_root", "out", "gan", "seed", "device", "precision"},
+}
+
+
+class Preset(str, enum.Enum):
+    cpu = "cpu"
+    gpu = "gpu"
+
+
+# The CPU preset is sized to finish within an hour on a 2-core CPU with bf16 autocast; the GPU
+# preset is the full recipe. Only fields that differ from the library defaults are listed.
+PRESETS: dict[Preset, dict[str, Any]] = {
+    Preset.cpu: {
+        "precision": "bf16",
+        "gan": {"epochs": 3},
+        "captioner": {"epochs": 15},
+        "eval": {"beam_size": 3},
+    },
+    Preset.gpu: {
+        "precision": "bf16",
+        "gan": {"epochs": 25},
+        "captioner": {"epochs": 40},
+        "eval": {"beam_size": 3},
+    },
+}
+
+
+@dataclass
+class DataStage:
+    """Where the CIFAR-100 archive comes from and where the prepared folder goes.
+
+    Attributes:
+        root: prepared-data folder; empty means the default cache folder.
+        url: download address; used when neither archive nor directory is set.
+        archive: local ``cifar-100-python.tar.gz``.
+        directory: an extracted ``cifar-100-python`` folder.
+        val_per_class: training images per class moved to the validation split.
+    """
+
+    root: str = ""
+    url: str = ""
+    archive: str = ""
+    directory: str = ""
+    val_per_class: int = 50
+
+
+@dataclass
+class EvalStage:
+    """Which splits and metrics the final evaluation computes.
+
+    Attributes:
+        splits: ``val``, ``test`` or ``both``.
+        beam_size: beam width for caption generation.
+        metrics: metric names; empty means all seven.
+    """
+
+    splits: str = "both"
+    beam_size: int = 3
+    metrics: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PipelineConfig:
+    """The resolved config of one experiment; ``gan`` and ``captioner`` are field overrides."""
+
+    out: str = "runs/experiment"
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    data: DataStage = field(default_factory=DataStage)
+    gan: dict[str, Any] = field(default_factory=dict)
+    captioner: dict[str, Any] = field(default_factory=dict)
+    eval: EvalStage = field(default_factory=EvalStage)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class StageTiming:
+    stage: str
+    seconds: float
+    skipped: bool
+
+
+@dataclass
+class PipelineResult:
+    """What ``run_pipeline`` returns: where things are and how long each stage took."""
+
+    out: Path
+    data_root: Path
+    gan_dir: Path
+    captioner_dir: Path
+    metrics: dict[str, Any]
+    timings: list[StageTiming]
+    gallery: Path | None
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML pipeline config, raising HybridcapError with the path when it cannot be read."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError as error:
+        raise HybridcapError(f"config file not found: {path}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise HybridcapError(f"invalid TOML in {path}: {error}") from error
+
+
+def _check_stage_keys(section: str, values: Mapping[str, Any], config_class: type) -> None:
+    allowed = {item.name for item in dataclasses.fields(config_class)} - _LINKED_FIELDS.get(section, set())
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise HybridcapError(f"unknown key(s) {', '.join(unknown)} in [{section}]; allowed: {', '.join(sorted(allowed))}")
+
+
+def resolve_config(
+    preset: Preset | None,
+    file_values: Mapping[str, Any] | None,
+    overrides: Mapping[str, Any],
+) -> PipelineConfig:
+    """Layer preset, config-file values and command-line overrides into a checked PipelineConfig.
+
+    ``overrides`` uses the same nested layout as the TOML file, e.g. ``{"captioner":
+    {"contrastive_weight": 0.0}}``; None values are ignored so unset CLI options change nothing.
+    """
+    from hybridcap.training.captioner import CaptionerConfig
+    from hybridcap.training.gan import GanConfig
+
+    values: dict[str, Any] = {}
+    if preset is not None:
+        values = _merge(values, PRESETS[preset])
+    values = _merge(values, file_values or {})
+    values = _merge(values, _drop_none(overrides))
+
+    top_level = {item.name for item in dataclasses.fields(PipelineConfig)}
+    unknown = sorted(set(values) - top_level)
+    if unknown:
+        raise HybridcapError(f"unknown key(s) {', '.join(unknown)} in the pipeline config; allowed: {', '.join(sorted(top_level))}")
+    for section, config_class in (("data", DataStage), ("eval", EvalStage)):
+        _check_stage_keys(section, values.get(section, {}), config_class)
+    _check_stage_keys("gan", values.get("gan", {}), GanConfig)
+    _check_stage_keys("captioner", values.get("captioner", {}), CaptionerConfig)
+
+    config = PipelineConfig(
+        out=str(values.get("out", PipelineConfig.out)),
+        seed=int(values.get("seed", 0)),
+        device=str(values.get("device", "auto")),
+        precision=str(values.get("precision", "fp32")),
+        data=DataStage(**values.get("data", {})),
+        gan=dict(values.get("gan", {})),
+        captioner=dict(values.get("captioner", {})),
+        eval=EvalStage(**values.get("eval", {})),
+    )
+    if sum(bool(source) for source in (config.data.url, config.data.archive, config.data.directory)) > 1:
+        raise HybridcapError("give at most one data source: url, archive or directory")
+    if config.eval.splits not in ("val", "test", "both"):
+        raise HybridcapError(f"invalid eval splits {config.eval.splits!r}; use val, test or both")
+    return config
+
+
+def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
+    cleaned: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            nested = _drop_none(value)
+            if nested:
+                cleaned[key] = nested
+        elif value is not None:
+            cleaned[key] = value
+    return cleaned
+
+
+class PipelineReporter(TrainingReporter):
+    """A TrainingReporter that is also told when each pipeline stage starts and ends."""
+
+    def stage_started(self, stage: str) -> None:
+        """Called before a stage runs."""
+
+    def stage_finished(self, stage: str, seconds: float, skipped: bool) -> None:
+        """Called after a stage, with its wall time; ``skipped`` when its outputs were already there."""
+
+
+def _load_stage_records(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.exists() else {}
+
+
+def _same_json(left: Any, right: Any) -> bool:
+    return json.dumps(left, sort_keys=True, default=str) == json.dumps(right, sort_keys=True, default=str)
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    *,
+    reporter: PipelineReporter | None = None,
+    fresh: bool = False,
+    clip_warning: Callable[[str], None] | None = None,
+) -> PipelineResult:
+    """Run every stage in order in ``config.out``, skipping stages already done with the same config.
+
+    Raises RunFolderError when ``config.out`` holds an experiment made with another config (unless
+    ``fresh``), and whatever a stage raises for bad input.
+    """
+    from hybridcap.datasets import default_data_root, prepare_cifar100
+    from hybridcap.training.captioner import CaptionerConfig, train_captioner
+    from hybridcap.training.evaluation import evaluate_run
+    from hybridcap.training.gan import GanConfig, train_gan
+
+    reporter = reporter or PipelineReporter()
+    out = Path(config.out)
+    data_root = Path(config.data.root) if config.data.root else default_data_root()
+    gan_dir = out / "gan"
+    captioner_dir = out / "captioner"
+    pipeline_file = out / "pipeline.json"
+    stages_file = out / "stages.json"
+
+    if fresh and stages_file.exists():
+        stages_file.unlink()
+    if pipeline_file.exists() and not fresh:
+        saved = read_json(pipeline_file)
+        if not _same_json(saved, config.to_dict()):
+            differing = sorted(key for key in set(saved) | set(config.to_dict()) if not _same_json(saved.get(key), config.to_dict().get(key)))
+            raise RunFolderError(
+                f"{out} holds an experiment with another config (differs in: {', '.join(differing)}); "
+                "use another --out, or --fresh to start it over"
+            )
+    atomic_write_json(pipeline_file, config.to_dict())
+    records = _load_stage_records(stages_file)
+    timings: list[StageTiming] = []
+
+    def run_stage(stage: str, stage_config: dict[str, Any], outputs_exist: bool, body: Callable[[], None]) -> None:
+        reporter.stage_started(stage)
+        started = time.perf_counter()
+        skipped = outputs_exist and _same_json(records.get(stage), stage_config)
+        if not skipped:
+            body()
+            records[stage] = stage_config
+            atomic_write_json(stages_file, records)
+        seconds = time.perf_counter() - started
+        timings.append(StageTiming(stage, seconds, skipped))
+        reporter.stage_finished(stage, seconds, skipped)
+
+    data_config = {
+        "root": str(data_root),
+        "url": config.data.url,
+        "archive": config.data.archive,
+        "directory": config.data.directory,
+        "val_per_class": config.data.val_per_class,
+        "seed": config.seed,
+    }
+
+    def prepare() -> None:
+        result = prepare_cifar100(
+            data_root,
+            url=config.data.url or None,
+            archive=config.data.archive or None,
+            directory=config.data.directory or None,
+            val_per_class=config.data.val_per_class,
+            seed=config.seed,
+        )
+        for message in result.warnings:
+            reporter.warning(message)
+
+    # prepare_cifar100 is itself a no-op when the folder matches, so data always "runs".
+    run_stage("data", data_config, False, prepare)
+
+    gan_config = GanConfig(
+        **{**config.gan, "data_root": str(data_root), "out": str(gan_dir), "seed": config.seed, "device": config.device, "precision": config.precision}
+    )
+    gan_record = dataclasses.asdict(gan_config)
+    run_stage("gan", gan_record, (gan_dir / "discriminator.safetensors").exists(), lambda: train_gan(gan_config, reporter=reporter, fresh=fresh))
+
+    captioner_config = CaptionerConfig(
+        **{
+            **config.captioner,
+            "data_root": str(data_root),
+            "out": str(captioner_dir),
+            "gan": str(gan_dir),
+            "seed": config.seed,
+            "device": config.device,
+            "precision": config.precision,
+        }
+    )
+    if getattr(captioner_config, "clip_pretrained", "openai") == "none" and clip_warning is not None:
+        clip_warning("the CLIP text encoder is randomly initialised (--clip-pretrained none); captions are not aligned with real CLIP")
+    captioner_record = dataclasses.asdict(captioner_config)
+    run_stage(
+        "captioner",
+        captioner_record,
+        (captioner_dir / "best.safetensors").exists(),
+        lambda: train_captioner(captioner_config, reporter=reporter, fresh=fresh),
+    )
+
+    eval_record = {**dataclasses.asdict(config.eval), "captioner": captioner_record, "device": config.device}
+    splits = ["val", "test"] if config.eval.splits == "both" else [config.eval.splits]
+
+    def evaluate() -> None:
+        evaluate_run(
+            captioner_dir,
+            splits=splits,
+            beam_size=config.eval.beam_size,
+            metrics=config.eval.metrics or None,
+            device=config.device,
+        )
+
+    run_stage("eval", eval_record, (captioner_dir / "metrics.json").exists(), evaluate)
+    metrics = read_json(captioner_dir / "metrics.json")
+
+    gallery = out / "caption_gallery.png"
+    captions_file = captioner_dir / "captions.jsonl"
+    if captions_file.exists():
+        from hybridcap.training.gallery import write_caption_gallery
+
+        write_caption_gallery(captions_file, data_root, gallery, split="test" if "test" in splits else splits[0])
+    else:
+        gallery = None
+    return PipelineResult(out, data_root, gan_dir, captioner_dir, metrics, timings, gallery)
