@@ -1,0 +1,94 @@
+"""Read the CIFAR-100 python files from the official archive or from an extracted folder.
+
+Archive members are read straight from the tar stream and never extracted, so a member name
+such as ``../../etc/passwd`` cannot write outside the prepared-data folder.
+"""
+
+from __future__ import annotations
+
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hybridcap.datasets.cifar_pickle import load_cifar_pickle
+from hybridcap.errors import DataError
+
+ARCHIVE_FOLDER = "cifar-100-python"
+MEMBER_NAMES = ("train", "test", "meta")
+
+
+@dataclass
+class RawCifar100:
+    """The three unpickled CIFAR-100 files, not yet validated."""
+
+    train: dict[str, Any]
+    test: dict[str, Any]
+    meta: dict[str, Any]
+    # Where each file came from, for error messages, e.g. "cifar-100-python/train".
+    member_paths: dict[str, str]
+
+
+def read_cifar100_archive(path: Path) -> RawCifar100:
+    """Read ``train``, ``test`` and ``meta`` from a ``cifar-100-python.tar.gz`` archive.
+
+    Raises:
+        DataError: when the file is missing, truncated, not a tar archive, or lacks a member.
+    """
+    if not path.exists():
+        raise DataError(f"archive {path} not found; check the path or omit --archive to download the dataset")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an archive; pass it with --dir instead of --archive")
+
+    wanted = {f"{ARCHIVE_FOLDER}/{name}": name for name in MEMBER_NAMES}
+    contents: dict[str, bytes] = {}
+    try:
+        # Stream mode ("r|*") decompresses the archive once, front to back, instead of seeking.
+        with tarfile.open(path, mode="r|*") as archive:
+            for member in archive:
+                member_name = member.name.removeprefix("./")
+                if member_name not in wanted or not member.isfile():
+                    continue
+                extracted = archive.extractfile(member)
+                if extracted is None:
+                    continue
+                contents[wanted[member_name]] = extracted.read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        raise DataError(f"cannot read archive {path}: it is truncated or not a tar.gz file ({error}); download it again") from error
+
+    for name in MEMBER_NAMES:
+        if name not in contents:
+            raise DataError(f"archive {path} has no member {ARCHIVE_FOLDER}/{name}; it is not the CIFAR-100 python archive")
+
+    member_paths = {name: f"{ARCHIVE_FOLDER}/{name}" for name in MEMBER_NAMES}
+    return _unpickle(contents, member_paths)
+
+
+def read_cifar100_folder(path: Path) -> RawCifar100:
+    """Read ``train``, ``test`` and ``meta`` from an extracted ``cifar-100-python`` folder.
+
+    ``path`` may be the ``cifar-100-python`` folder itself or the folder that contains it.
+
+    Raises:
+        DataError: when the folder or one of the three files is missing.
+    """
+    if not path.is_dir():
+        raise DataError(f"folder {path} not found; pass the extracted cifar-100-python folder with --dir")
+    if not (path / "meta").exists() and (path / ARCHIVE_FOLDER).is_dir():
+        path = path / ARCHIVE_FOLDER
+
+    contents: dict[str, bytes] = {}
+    member_paths: dict[str, str] = {}
+    for name in MEMBER_NAMES:
+        file_path = path / name
+        if not file_path.is_file():
+            raise DataError(f"folder {path} has no file {name}; it is not an extracted CIFAR-100 python archive")
+        contents[name] = file_path.read_bytes()
+        member_paths[name] = str(file_path)
+    return _unpickle(contents, member_paths)
+
+
+def _unpickle(contents: dict[str, bytes], member_paths: dict[str, str]) -> RawCifar100:
+    loaded = {name: load_cifar_pickle(contents[name], member_paths[name]) for name in MEMBER_NAMES}
+    return RawCifar100(train=loaded["train"], test=loaded["test"], meta=loaded["meta"], member_paths=member_paths)

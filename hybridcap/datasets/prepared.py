@@ -1,0 +1,160 @@
+"""The prepared-data folder: its file layout and the loader that trainers and evaluation use.
+
+A folder is complete when ``manifest.json`` exists: ``prepare_cifar100`` deletes the manifest
+before it writes anything else and writes it last, so an interrupted run leaves a folder that
+``load_prepared`` rejects.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hybridcap.datasets.vocabulary import Vocabulary
+from hybridcap.errors import DataError
+
+FORMAT_NAME = "hybridcap-cifar100"
+FORMAT_VERSION = 1
+
+MANIFEST_FILE = "manifest.json"
+# Per split: {split}_images (N, 3, 32, 32) uint8, {split}_fine_labels and {split}_coarse_labels
+# (N,) int64, and {split}_source_indices (N,) int64, the positions in the official train or test file.
+IMAGES_FILE = "images.safetensors"
+# Stored and readable class names and the fine-to-coarse mapping.
+CLASSES_FILE = "classes.json"
+CAPTIONS_FILE = "captions.json"
+VOCABULARY_FILE = "vocabulary.json"
+DATA_FILES = (IMAGES_FILE, CLASSES_FILE, CAPTIONS_FILE, VOCABULARY_FILE)
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class ImageSplit:
+    """The images and labels of one split."""
+
+    images: torch.Tensor  # (N, 3, 32, 32) uint8
+    fine_labels: torch.Tensor  # (N,) int64
+    coarse_labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+class PreparedCifar100:
+    """A prepared CIFAR-100 folder: splits, class names, reference captions and vocabulary.
+
+    Splits are read from disk on first use and kept in memory afterwards.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        manifest: dict[str, Any],
+        fine_names: list[str],
+        coarse_names: list[str],
+        fine_to_coarse: list[int],
+        captions: list[list[str]],
+        vocabulary: Vocabulary,
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.fine_names = fine_names
+        self.coarse_names = coarse_names
+        self.fine_to_coarse = fine_to_coarse
+        self.captions = captions
+        self.vocabulary = vocabulary
+        self._splits: dict[str, ImageSplit] = {}
+
+    def split(self, name: str) -> ImageSplit:
+        """Return the ``"train"``, ``"val"`` or ``"test"`` split.
+
+        Raises:
+            ValueError: for any other name.
+            DataError: when the images file cannot be read.
+        """
+        if name not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {name!r}; expected one of {', '.join(SPLIT_NAMES)}")
+        if name not in self._splits:
+            self._splits[name] = self._read_split(name)
+        return self._splits[name]
+
+    def _read_split(self, name: str) -> ImageSplit:
+        from safetensors import SafetensorError, safe_open
+
+        path = self.root / IMAGES_FILE
+        try:
+            with safe_open(str(path), framework="pt") as file:
+                images = file.get_tensor(f"{name}_images")
+                fine_labels = file.get_tensor(f"{name}_fine_labels")
+                coarse_labels = file.get_tensor(f"{name}_coarse_labels")
+        except (SafetensorError, OSError, ValueError, KeyError) as error:
+            raise DataError(f"cannot read the {name} split from {path} ({error}); run `hybridcap data --root {self.root} --force`") from error
+        return ImageSplit(images=images, fine_labels=fine_labels, coarse_labels=coarse_labels)
+
+
+def load_prepared(root: str | Path) -> PreparedCifar100:
+    """Open a folder written by ``prepare_cifar100``.
+
+    Raises:
+        DataError: when the folder is missing, incomplete or was written by an incompatible version.
+    """
+    root = Path(root).expanduser()
+    manifest = read_manifest(root)
+    if manifest is None:
+        raise DataError(f"no prepared CIFAR-100 data in {root}; run `hybridcap data --root {root}` first")
+    if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"prepared data in {root} has an unsupported format; run `hybridcap data --root {root} --force` to rebuild it")
+
+    missing = [name for name in DATA_FILES if not (root / name).is_file()]
+    if missing:
+        raise DataError(f"prepared data in {root} is incomplete (missing {', '.join(missing)}); run `hybridcap data --root {root} --force`")
+
+    try:
+        classes = _read_json(root / CLASSES_FILE)
+        captions = _read_json(root / CAPTIONS_FILE)["captions"]
+        vocabulary = Vocabulary.from_dict(_read_json(root / VOCABULARY_FILE))
+        fine_names = list(classes["fine_names"])
+        coarse_names = list(classes["coarse_names"])
+        fine_to_coarse = [int(label) for label in classes["fine_to_coarse"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"prepared data in {root} is damaged ({error}); run `hybridcap data --root {root} --force`") from error
+
+    if len(captions) != len(fine_names) or len(fine_to_coarse) != len(fine_names):
+        raise DataError(f"prepared data in {root} is damaged (class, caption and mapping counts differ); run `hybridcap data --root {root} --force`")
+
+    return PreparedCifar100(
+        root=root,
+        manifest=manifest,
+        fine_names=fine_names,
+        coarse_names=coarse_names,
+        fine_to_coarse=fine_to_coarse,
+        captions=captions,
+        vocabulary=vocabulary,
+    )
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    """Return the manifest of a prepared folder, or None when it has none.
+
+    Raises:
+        DataError: when the manifest exists but is not a JSON object.
+    """
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    manifest = _read_json(path)
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path} is not a JSON object; delete {root} or rerun `hybridcap data --root {root} --force`")
+    return manifest
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataError(f"cannot read {path} ({error}); rerun `hybridcap data --root {path.parent} --force`") from error
