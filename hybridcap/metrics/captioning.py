@@ -17,10 +17,9 @@ none of which changes a score:
 
 from __future__ import annotations
 
-import enum
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -35,6 +34,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
 from hybridcap.metrics.java import JavaNotFoundError, MeteorProcess, ScorerError, find_java, run_ptb_tokenizer
+from hybridcap.metrics.names import METRIC_NAMES, Tokenizer, parse_metric_names
 
 __all__ = [
     "METRIC_NAMES",
@@ -50,7 +50,6 @@ __all__ = [
     "score_captions",
 ]
 
-METRIC_NAMES = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
 BLEU_NAMES = METRIC_NAMES[:4]
 
 # CIDEr weights n-grams by how rare they are among the evaluated images' references. Below this
@@ -61,13 +60,6 @@ MIN_IMAGES_FOR_CIDER = 100
 # characters (tab, vertical tab, NEL, zero-width space, ...) and lone surrogates, which cannot be
 # encoded for the Java processes.
 _SPACE_CATEGORIES = frozenset({"Zl", "Zp", "Zs", "Cc", "Cf", "Cs"})
-
-
-class Tokenizer(str, enum.Enum):
-    """How captions are split into tokens before scoring."""
-
-    ptb = "ptb"  # pycocoevalcap's Stanford PTB tokenizer (Java); the standard for COCO metrics
-    simple = "simple"  # hybridcap.datasets.tokenize in Python; for machines without Java
 
 
 def sanitize_caption(text: str) -> str:
@@ -82,26 +74,6 @@ def sanitize_caption(text: str) -> str:
         return " ".join(text.replace("|", " ").split())
     characters = [" " if character == "|" or unicodedata.category(character) in _SPACE_CATEGORIES else character for character in text]
     return " ".join("".join(characters).split())
-
-
-def parse_metric_names(values: Iterable[str] | None) -> tuple[str, ...]:
-    """Turn ``--metrics`` values (repeated and/or comma separated) into metric names in standard order.
-
-    ``None`` or an empty list means all seven. Names are case-insensitive and ``-`` may be used
-    for ``_`` (``bleu-4``). Raises HybridcapError for an unknown name.
-    """
-    requested: set[str] = set()
-    for value in values or ():
-        for part in value.split(","):
-            name = part.strip().lower().replace("-", "_")
-            if not name:
-                continue
-            if name not in METRIC_NAMES:
-                raise ScorerError(f"unknown metric {part.strip()!r}; choose from {', '.join(METRIC_NAMES)}")
-            requested.add(name)
-    if not requested:
-        return METRIC_NAMES
-    return tuple(name for name in METRIC_NAMES if name in requested)
 
 
 def require_java(metrics: Sequence[str], tokenizer: Tokenizer | str = Tokenizer.ptb) -> str | None:
@@ -309,15 +281,11 @@ def _score_rouge(pairs: Sequence[tuple[str, tuple[str, ...]]], image_pairs: Sequ
 
 
 def _score_meteor(meteor: MeteorProcess, pairs: Sequence[tuple[str, tuple[str, ...]]], image_pairs: Sequence[int]) -> tuple[float, list[float]]:
-    # METEOR's corpus score is computed from its statistics summed over all images (what
-    # Meteor.compute_score gets by sending every image's statistics in one EVAL line). Summing
-    # them here with each pair's multiplicity gives the same value from one short EVAL line.
+    # As Meteor.compute_score: one EVAL line with every image's statistics, from which METEOR
+    # computes the corpus score (not the mean of per-image scores). Only the SCORE round trips,
+    # the slow part, are made once per distinct pair.
     statistics = meteor.statistics([(hypothesis, list(references)) for hypothesis, references in pairs])
-    _, pair_scores = meteor.evaluate(statistics)
-    counts = np.bincount(np.asarray(image_pairs), minlength=len(pairs)).astype(np.float64)
-    summed = counts @ np.array([[float(value) for value in line.split()] for line in statistics])
-    corpus, _ = meteor.evaluate([" ".join(repr(float(value)) for value in summed)])
-    return corpus, [pair_scores[pair] for pair in image_pairs]
+    return meteor.evaluate([statistics[pair] for pair in image_pairs])
 
 
 def _score_cider(pairs: Sequence[tuple[str, tuple[str, ...]]], image_pairs: Sequence[int]) -> tuple[float, list[float]]:

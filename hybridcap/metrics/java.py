@@ -216,16 +216,15 @@ class MeteorProcess(Meteor):
             return
         self._closed = True
         process = self.meteor_p
-        try:
-            process.stdin.close()
-        except OSError:
-            pass
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        process.stdout.close()
+        # METEOR keeps no state worth a clean shutdown, and while it loads its paraphrase table
+        # it would not even notice a closed stdin, so it is killed right away.
+        process.kill()
+        process.wait()
+        for pipe in (process.stdin, process.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
         self._stderr_file.seek(0)
         self._last_stderr = _stderr_tail(self._stderr_file.read().decode("utf-8", errors="replace"))
         self._stderr_file.close()
