@@ -1,4 +1,4 @@
-"""Shared fixtures: a prepared-data folder made from a small generated archive."""
+"""Shared fixtures: a prepared-data folder made from a small generated archive, and a text tower."""
 
 from __future__ import annotations
 
@@ -28,3 +28,11 @@ def prepared_root(generated_archive: Path, tmp_path_factory: pytest.TempPathFact
     root = tmp_path_factory.mktemp("prepared") / "cifar100"
     prepare_cifar100(root, archive=generated_archive, val_per_class=1, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def random_text_encoder():
+    """The real ViT-B-16 text tower, randomly initialised, built once per session (about 3 s)."""
+    from hybridcap.networks.text_encoder import TextEncoderSpec, load_text_encoder
+
+    return load_text_encoder(TextEncoderSpec(pretrained="none"))
