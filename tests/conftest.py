@@ -36,3 +36,20 @@ def random_text_encoder():
     from hybridcap.networks.text_encoder import TextEncoderSpec, load_text_encoder
 
     return load_text_encoder(TextEncoderSpec(pretrained="none"))
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner_run(prepared_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A captioner run folder from a 2-epoch run of tiny networks on ``prepared_root``, no CLIP."""
+    import torch
+
+    from captioner_runs import train_tiny_captioner
+
+    # On a busy 2-core machine, several torch threads per process slow these tiny steps down
+    # by an order of magnitude; one thread is fastest here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train_tiny_captioner(prepared_root, tmp_path_factory.mktemp("tiny-runs"))
+    finally:
+        torch.set_num_threads(threads)
