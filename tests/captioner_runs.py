@@ -8,8 +8,8 @@ from pathlib import Path
 def train_tiny_captioner(prepared_root: Path, folder: Path, epochs: int = 2) -> Path:
     """Train a very small DCGAN and captioner on ``prepared_root`` and return the captioner run folder.
 
-    The contrastive loss is off, so no CLIP text tower is built; the captioner is too small to be
-    good, which the eval tests do not need.
+    The contrastive loss is off, so no CLIP text tower is built. The captioner is too small to be
+    good, and the eval and caption tests do not need it to be.
     """
     from hybridcap.training.captioner import CaptionerConfig, train_captioner
     from hybridcap.training.gan import GanConfig, train_gan

@@ -48,7 +48,7 @@ def test_cli_caption_files(tiny_captioner_run: Path, images: dict[str, Path]) ->
     assert result.stderr == ""
 
 
-def test_cli_caption_bad_file_reported_others_captioned(tiny_captioner_run: Path, images: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_caption_bad_files_reported(tiny_captioner_run: Path, images: dict[str, Path], tmp_path: Path) -> None:
     fake = tmp_path / "notes.png"
     fake.write_text("not an image")
     truncated = tmp_path / "cut.jpg"
@@ -122,7 +122,7 @@ def test_latest_captioner_run_by_checkpoint_time(tmp_path: Path) -> None:
         latest_captioner_run(tmp_path / "experiment" / "gan")
 
 
-def test_cli_caption_default_run_and_no_open_clip(tiny_captioner_run: Path, images: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_caption_default_run_subprocess(tiny_captioner_run: Path, images: dict[str, Path], tmp_path: Path) -> None:
     # A fresh interpreter shows what the command imports; the latest run under runs/ is used.
     workspace = tmp_path / "workspace"
     shutil.copytree(tiny_captioner_run, workspace / "runs" / "experiment" / "captioner")

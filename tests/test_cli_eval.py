@@ -58,7 +58,7 @@ def test_cli_eval_writes_files_and_table(run_dir: Path) -> None:
 
 
 @pytest.mark.skipif(find_java() is None, reason="needs Java for METEOR and the PTB tokenizer")
-def test_cli_eval_json_all_metrics_floor_below_ceiling(run_dir: Path) -> None:
+def test_cli_eval_json_floor_below_ceiling(run_dir: Path) -> None:
     result = runner.invoke(app, ["eval", str(run_dir), "--split", "test", "--json", "--device", "cpu"])
 
     assert result.exit_code == 0, result.output

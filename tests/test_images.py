@@ -72,7 +72,7 @@ def test_load_image_palette_with_transparency(tmp_path):
     assert bool((tensor[:, 20:] == white).all())
 
 
-def test_load_image_palette_without_transparency_keeps_colours(tmp_path):
+def test_load_image_opaque_palette(tmp_path):
     image = Image.new("P", (8, 8), 1)
     image.putpalette([0, 0, 0, 12, 34, 56] + [0] * (256 * 3 - 6))
     _assert_uniform(load_image(_save(image, tmp_path / "palette.gif")), (12, 34, 56))
@@ -100,7 +100,7 @@ def test_load_image_float_in_unit_range(tmp_path):
     _assert_uniform(load_image(path), (128, 128, 128))
 
 
-def test_load_image_float_outside_unit_range_is_stretched(tmp_path):
+def test_load_image_float_stretched(tmp_path):
     array = np.zeros((32, 32), dtype=np.float32)
     array[:, 16:] = 1000.0
     array[:, :16] = -1000.0
@@ -133,8 +133,8 @@ def test_load_image_downscale_is_antialiased(tmp_path):
 
 
 def test_load_image_exif_orientation(tmp_path):
-    # Stored as 64 wide x 32 high, red left, blue right; orientation 6 means "rotate 90 degrees
-    # clockwise to display", so the displayed image is 32 wide x 64 high, red on top.
+    # Stored as 64 wide x 32 high, red left, blue right. Orientation 6 means "rotate 90 degrees
+    # clockwise to display", so the displayed image is 32 wide x 64 high with red on top.
     array = np.zeros((32, 64, 3), dtype=np.uint8)
     array[:, :32, 0] = 255
     array[:, 32:, 2] = 255

@@ -57,7 +57,7 @@ def test_caption_accuracy_counts():
     assert report.per_class[1].class_accuracy == 0.0
 
 
-def test_caption_accuracy_reference_captions_name_their_class():
+def test_caption_accuracy_template_references():
     # Every generated reference caption, including the ones with a superclass phrase, must
     # predict its own class; otherwise the ceiling's accuracy would be below 100%.
     captions = build_captions(FINE_NAMES, COARSE_NAMES, FINE_TO_COARSE)

@@ -67,13 +67,13 @@ def test_score_perfect_captions(scorer):
     assert result.corpus["cider"] == pytest.approx(10.0)
 
 
-def test_score_perfect_caption_is_case_and_punctuation_blind(scorer):
+def test_score_ignores_case_and_punctuation(scorer):
     result = scorer.score(["A Red cat, sits on the mat."], [["a red cat sits on the mat"]])
     assert result.corpus["bleu_4"] == pytest.approx(1.0, abs=1e-6)
     assert result.corpus["rouge_l"] == pytest.approx(1.0)
 
 
-def test_score_empty_hypothesis_is_zero_and_isolated(scorer):
+def test_score_empty_hypothesis_isolated(scorer):
     references = [["a red cat sits on the mat"], ["a blue dog runs in the park"], ["a green bird flies over a tree"]]
     with_empty = scorer.score(["a red cat on the mat", "", "a green bird over a tree"], references)
     with_caption = scorer.score(["a red cat on the mat", "a blue dog", "a green bird over a tree"], references)
@@ -103,7 +103,7 @@ def test_score_one_word_hypothesis(scorer):
     assert result.corpus["rouge_l"] == pytest.approx((1 + beta_squared) * 0.5 / (0.5 + beta_squared))
 
 
-def test_score_articles_a_and_an_are_distinct_tokens(scorer):
+def test_score_articles_a_and_an(scorer):
     right = scorer.score(["an apple"], [["an apple"]])
     wrong = scorer.score(["a apple"], [["an apple"]])
     assert right.corpus["bleu_1"] == pytest.approx(1.0, abs=1e-6)
@@ -112,7 +112,7 @@ def test_score_articles_a_and_an_are_distinct_tokens(scorer):
     assert wrong.corpus["meteor"] < right.corpus["meteor"]
 
 
-def test_score_line_breaks_inside_captions_do_not_shift(scorer):
+def test_score_line_breaks_no_shift(scorer):
     references = [["a red cat\nsits on the mat", "a cat\r\non a mat"], ["a blue dog runs"], ["a green bird flies"]]
     clean_references = [["a red cat sits on the mat", "a cat on a mat"], ["a blue dog runs"], ["a green bird flies"]]
     broken = scorer.score(["a red\u2028cat sits\x0bon the mat", "a blue\ndog\nruns", "a green | bird ||| flies"], references)
@@ -161,7 +161,7 @@ def test_score_cider_note_for_small_set(scorer):
     assert any("only 2 images" in note for note in result.notes)
 
 
-def test_score_no_cider_note_for_large_varied_set():
+def test_score_no_cider_note_large_set():
     references = [[f"a photo of thing {index}"] for index in range(120)]
     with CaptionScorer(["cider"], tokenizer="simple") as scorer:
         result = scorer.score([f"a photo of thing {index}" for index in range(120)], references)
@@ -178,26 +178,26 @@ def test_score_rejects_image_without_references(scorer):
         scorer.score(["a cat", "a dog"], [["a cat"], []])
 
 
-def test_score_captions_builds_only_requested_scorers():
+def test_scorer_builds_only_requested():
     with CaptionScorer(["bleu_1", "rouge_l"], tokenizer="simple") as scorer:
         assert scorer._meteor is None
         result = scorer.score(["a cat"], [["a cat"]])
     assert set(result.corpus) == {"bleu_1", "rouge_l"}
 
 
-def test_score_captions_function_returns_corpus_dict():
+def test_score_captions_returns_corpus():
     scores = score_captions(["a red cat"], [["a red cat"]], metrics=["bleu_1", "cider"], tokenizer="simple")
     assert set(scores) == {"bleu_1", "cider"}
     assert scores["bleu_1"] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_simple_tokenizer_matches_ptb_on_plain_captions(scorer):
+def test_simple_tokenizer_matches_ptb(scorer):
     captions = ["A photo of an apple, a kind of fruit.", "a medium-sized mammal", "The  CAT!"]
     with CaptionScorer(["bleu_1"], tokenizer="simple") as simple:
         assert simple.tokenize(captions) == scorer.tokenize(captions)
 
 
-def test_ptb_tokenizer_count_check_catches_split_lines():
+def test_ptb_tokenizer_count_check():
     # A vertical tab makes the Java tokenizer start a new line; sanitising normally removes it.
     with pytest.raises(ScorerError, match="returned 3 lines for 2 captions"):
         run_ptb_tokenizer(find_java(), ["a cat\x0bon a mat", "a dog"])
@@ -214,7 +214,7 @@ def _empty_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(folder))
 
 
-def test_java_missing_names_metrics_and_fix(monkeypatch, tmp_path):
+def test_java_missing_message(monkeypatch, tmp_path):
     _empty_path(monkeypatch, tmp_path)
     with pytest.raises(JavaNotFoundError) as raised:
         CaptionScorer(METRIC_NAMES)
@@ -225,7 +225,7 @@ def test_java_missing_names_metrics_and_fix(monkeypatch, tmp_path):
     assert "\n" not in message
 
 
-def test_java_missing_with_simple_tokenizer_names_only_meteor(monkeypatch, tmp_path):
+def test_java_missing_simple_tokenizer_meteor(monkeypatch, tmp_path):
     _empty_path(monkeypatch, tmp_path)
     with pytest.raises(JavaNotFoundError) as raised:
         CaptionScorer(["bleu_4", "meteor"], tokenizer="simple")
@@ -234,7 +234,7 @@ def test_java_missing_with_simple_tokenizer_names_only_meteor(monkeypatch, tmp_p
     assert "PTB" not in str(raised.value)
 
 
-def test_java_missing_simple_tokenizer_without_meteor_works(monkeypatch, tmp_path):
+def test_java_missing_simple_tokenizer_works(monkeypatch, tmp_path):
     _empty_path(monkeypatch, tmp_path)
     scores = score_captions(["a cat"], [["a cat"]], metrics=["bleu_1", "rouge_l", "cider"], tokenizer="simple")
     assert scores["rouge_l"] == pytest.approx(1.0)

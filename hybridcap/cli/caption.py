@@ -24,7 +24,7 @@ def latest_captioner_run(runs_root: Path = DEFAULT_RUNS_ROOT) -> Path:
     """Return the captioner run under ``runs_root`` whose best checkpoint was written last.
 
     Raises:
-        HybridcapError: no folder under ``runs_root`` holds a captioner checkpoint.
+        HybridcapError: no folder under ``runs_root`` contains a captioner checkpoint.
     """
     candidates = []
     if runs_root.is_dir():

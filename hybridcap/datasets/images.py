@@ -3,9 +3,9 @@
 ``load_image`` is what ``hybridcap caption`` uses, so a photo is seen the way the training images
 were: uint8 RGB, 32x32. The steps, in order:
 
-1. Refuse images with more than ``MAX_IMAGE_PIXELS`` pixels before decoding them (decompression
+1. Reject images with more than ``MAX_IMAGE_PIXELS`` pixels before decoding them (decompression
    bombs: a small file that expands to gigabytes).
-2. Rotate or flip the image as its EXIF orientation tag says, as photo viewers do.
+2. Rotate or flip the image as its EXIF orientation tag specifies, as photo viewers do.
 3. Bring every mode to 8-bit RGB: 1-bit, grayscale and palette images are expanded without
    changing any colour; 16-bit integer images are divided by 257 so 65535 becomes 255; 32-bit
    integer and float images are rescaled as described in ``_to_8bit_gray``; CMYK and YCbCr use
@@ -79,11 +79,11 @@ def expand_image_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
 
 
 def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> torch.Tensor:
-    """Read an image file and return it as a uint8 tensor ``(3, 32, 32)``, preprocessed as the module docstring says.
+    """Read an image file and return it as a uint8 tensor ``(3, 32, 32)``, preprocessed as described in the module docstring.
 
     Args:
         path: any image file that Pillow can read; for animated files the first frame is used.
-        max_pixels: larger images are refused without decoding them.
+        max_pixels: larger images are rejected without decoding them.
 
     Raises:
         DataError: the file is missing, unreadable, not an image, truncated or corrupt, or too large.
@@ -110,7 +110,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
     except UnidentifiedImageError as error:
         raise DataError(f"{path}: not an image file that Pillow can read") from error
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise DataError(f"{path}: refused as a possible decompression bomb ({error})") from error
+        raise DataError(f"{path}: rejected as a possible decompression bomb ({error})") from error
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
         # Pillow reports truncated and corrupt data as OSError, SyntaxError or ValueError.
         raise DataError(f"{path}: cannot decode the image, the file is truncated or corrupt ({error})") from error

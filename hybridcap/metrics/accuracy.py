@@ -59,7 +59,7 @@ class AccuracyReport:
 
 
 class ClassNameMatcher:
-    """Finds the fine class named by a caption; caches the answer per distinct caption."""
+    """Lookup of the fine class a caption names, cached per distinct caption."""
 
     def __init__(self, fine_names: Sequence[str]) -> None:
         self.fine_names = list(fine_names)

@@ -115,7 +115,7 @@ class CaptionScores:
 
 
 class CaptionScorer:
-    """Scores captions against references; holds the METEOR process and a tokenisation cache.
+    """Caption scorer with one METEOR process and a cache of tokenised texts.
 
     Create one per command and reuse it for every set of captions, so METEOR's Java process starts
     once. It starts in the constructor and loads in the background. Close it with ``close`` or use
@@ -149,7 +149,7 @@ class CaptionScorer:
         self.close()
 
     def close(self) -> None:
-        """Stop the METEOR process, if any; safe to call more than once."""
+        """Stop the METEOR process, if any. Calling it again does nothing."""
         if self._meteor is not None:
             self._meteor.close()
             self._meteor = None

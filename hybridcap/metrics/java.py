@@ -1,10 +1,9 @@
 """The Java half of pycocoevalcap: its PTB tokenizer and its METEOR 1.5 scorer, run as subprocesses.
 
-pycocoevalcap 1.2 ships both as jar files and drives them with wrappers that can block forever
-(METEOR's stderr is piped but never read, and its replies are read without a timeout) and that
-write a temporary file into the installed package folder (the tokenizer). This module runs the
-same jar files with the same arguments, but through pipes with timeouts, so a failure becomes a
-ScorerError and never a hung process.
+pycocoevalcap 1.2 ships both as jar files. Its METEOR wrapper can block forever, because it pipes
+stderr without reading it and reads replies without a timeout. Its tokenizer wrapper writes a
+temporary file into the installed package folder. This module runs the same jar files with the
+same arguments through pipes with timeouts, so a failure becomes a ScorerError, not a hung process.
 """
 
 from __future__ import annotations
@@ -23,9 +22,8 @@ from pycocoevalcap.tokenizer import ptbtokenizer as tokenizer_module
 
 from hybridcap.errors import HybridcapError
 
-# Generous limits that only exist to catch a hung Java process. Measured on 2 CPU cores:
-# METEOR loads its paraphrase table in 3-8 s and then scores about 2,000 pairs per second;
-# the tokenizer handles 10,000 short captions in about 1 s.
+# Generous limits that only exist to catch a hung Java process. For scale, on a busy 2-core
+# machine METEOR took 4-12 s to load its paraphrase table and then about 0.5 ms per pair.
 METEOR_STARTUP_TIMEOUT_S = 180.0
 TOKENIZER_BASE_TIMEOUT_S = 120.0
 SECONDS_PER_LINE_ALLOWED = 0.01
@@ -138,9 +136,8 @@ def run_ptb_tokenizer(java: str, sentences: Sequence[str]) -> list[str]:
 class MeteorProcess(Meteor):
     """pycocoevalcap's METEOR 1.5 jar in one long-lived subprocess, with timeouts.
 
-    Starting the process loads METEOR's paraphrase table, which takes seconds; it happens in the
-    background, so start this object before other slow work and score later. Use it as a context
-    manager or call ``close``.
+    The new process spends seconds loading METEOR's paraphrase table in the background, so create
+    this object before other slow work. Use it as a context manager or call ``close``.
 
     ``Meteor.__init__`` is deliberately not called: it pipes stderr without ever reading it, so a
     chatty Java process could block. The command line is the one pycocoevalcap uses, and the
@@ -185,8 +182,8 @@ class MeteorProcess(Meteor):
     def evaluate(self, statistics: Sequence[str]) -> tuple[float, list[float]]:
         """Return the corpus METEOR score and one score per statistics line.
 
-        The corpus score is computed by METEOR from the summed statistics, exactly as
-        ``Meteor.compute_score`` does, so it is not the mean of the per-line scores.
+        The corpus score is the one METEOR computes over all lines together, which is what
+        ``Meteor.compute_score`` returns. It is not the mean of the per-line scores.
         """
         timeout_s = self.timeout_s + SECONDS_PER_LINE_ALLOWED * len(statistics)
         with self.lock, _Watchdog(self.meteor_p, timeout_s) as watchdog:
@@ -211,7 +208,7 @@ class MeteorProcess(Meteor):
         return ScorerError(f"METEOR stopped with exit code {return_code}: {self._last_stderr}; rerun without meteor in --metrics to skip it")
 
     def close(self) -> None:
-        """Stop the Java process; safe to call more than once."""
+        """Stop the Java process. Calling it again does nothing."""
         if self._closed:
             return
         self._closed = True

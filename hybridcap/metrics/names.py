@@ -9,7 +9,7 @@ from hybridcap.errors import HybridcapError
 
 METRIC_NAMES = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider")
 
-# How each metric is written in tables and help text.
+# Display names of the metrics in tables and help text.
 METRIC_TITLES = {
     "bleu_1": "BLEU-1",
     "bleu_2": "BLEU-2",
@@ -22,7 +22,7 @@ METRIC_TITLES = {
 
 
 class Tokenizer(str, enum.Enum):
-    """How captions are split into tokens before scoring."""
+    """Tokenizer applied to captions before scoring."""
 
     ptb = "ptb"  # pycocoevalcap's Stanford PTB tokenizer (Java); the standard for COCO metrics
     simple = "simple"  # hybridcap.datasets.tokenize in Python; for machines without Java

@@ -9,9 +9,9 @@ every class is wrong. Each split is therefore scored three times with the same s
   exactly the training templates.
 - ceiling: the same template draw, but with the image's true class: a reference caption of the
   right class. It is not held out from the references it is scored against, because the model is
-  trained to reproduce these very captions; a model that always names the right class with a
-  training template reaches the ceiling (BLEU 1.0). Floor and ceiling use the same templates for
-  the same images, so the gap between them is the value of naming the right class.
+  trained to reproduce these very captions. A model that always names the right class with a
+  training template therefore reaches the ceiling (BLEU 1.0). Floor and ceiling use the same
+  templates for the same images, so the gap between them is the value of naming the right class.
 
 All three are scored against all references of each image.
 
@@ -92,8 +92,8 @@ class EvaluationResult:
 def baseline_captions(fine_labels: Sequence[int], captions: Sequence[Sequence[str]], seed: int) -> tuple[list[str], list[str]]:
     """Return the floor and ceiling caption of each image.
 
-    For image ``i`` one template position is drawn; the floor caption is that reference caption
-    of a uniformly random class, the ceiling caption that reference caption of the true class
+    For image ``i`` one template position is drawn. The floor caption is the reference caption at
+    that position of a uniformly random class, and the ceiling caption the one of the true class
     ``fine_labels[i]``. The draws depend only on ``seed`` and the number of images.
     """
     generator = np.random.default_rng(seed)
