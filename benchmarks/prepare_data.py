@@ -1,8 +1,9 @@
 """Time prepare_cifar100 on the real CIFAR-100 archive and print the seconds and counts.
 
-Usage: python benchmarks/prepare_data.py [ARCHIVE]
-The default archive is ../shared/data/cifar-100-python.tar.gz relative to the repository root.
-The target is under 60 s; the output goes to a temporary folder that is deleted afterwards.
+Usage, with hybridcap importable (installed, or PYTHONPATH=. from the repository root):
+    python benchmarks/prepare_data.py [ARCHIVE]
+Without ARCHIVE it reads ../shared/data/cifar-100-python.tar.gz beside the repository.
+The target is under 60 s. The prepared folder goes to a temporary folder that is deleted afterwards.
 """
 
 from __future__ import annotations

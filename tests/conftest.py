@@ -1,4 +1,4 @@
-"""Shared fixtures: a prepared-data folder made from a small generated archive, and a text tower."""
+"""Shared fixtures: generated archives, a prepared-data folder, the real archive, a text tower and a tiny captioner run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from cifar_factory import write_cifar100_archive  # noqa: E402
 
-REAL_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar-100-python.tar.gz"
+# The real archive lies outside the repository, in ../shared/data seen from the repository root.
+REAL_ARCHIVE = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar-100-python.tar.gz").resolve()
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +54,11 @@ def tiny_captioner_run(prepared_root: Path, tmp_path_factory: pytest.TempPathFac
         return train_tiny_captioner(prepared_root, tmp_path_factory.mktemp("tiny-runs"))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def real_archive() -> Path:
+    """The real CIFAR-100 archive; tests that use it are skipped when it is absent."""
+    if not REAL_ARCHIVE.is_file():
+        pytest.skip(f"real CIFAR-100 archive not found at {REAL_ARCHIVE}")
+    return REAL_ARCHIVE

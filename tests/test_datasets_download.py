@@ -39,7 +39,8 @@ def served_folder(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     folder = tmp_path / "served"
     folder.mkdir()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_TruncatingHandler, directory=str(folder)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval lets shutdown() return quickly at teardown.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield folder, f"http://127.0.0.1:{server.server_address[1]}"
@@ -139,3 +140,15 @@ def test_prepare_download_checksum_failure_leaves_nothing(tmp_path: Path, served
         prepare_cifar100(root, url=f"{base}/cifar-100-python.tar.gz", val_per_class=1)
     assert not root.exists()
     assert list(tmp_path.iterdir()) == [folder]
+
+
+def test_prepare_from_file_url(tmp_path: Path, generated_archive: Path) -> None:
+    result = prepare_cifar100(tmp_path / "root", url=generated_archive.as_uri(), val_per_class=1, expected_md5=_md5(generated_archive))
+
+    assert result.manifest["source"] == {
+        "kind": "url",
+        "location": generated_archive.as_uri(),
+        "md5": _md5(generated_archive),
+        "official_md5": False,
+    }
+    assert (tmp_path / "root" / "downloads" / "cifar-100-python.tar.gz").is_file()

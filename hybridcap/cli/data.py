@@ -19,7 +19,7 @@ def data_command(
     root: Annotated[Path | None, typer.Option("--root", help="Prepared-data folder; defaults to $XDG_CACHE_HOME/hybridcap/cifar100 or ~/.cache/hybridcap/cifar100.", show_default=False)] = None,
     val_per_class: Annotated[int, typer.Option("--val-per-class", help="Training images per fine class held out for validation.")] = 50,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random choice of validation images.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Rebuild even when the folder holds data prepared with the same options.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when the folder contains data prepared with the same options.")] = False,
 ) -> None:
     """Get CIFAR-100, split it into train/val/test and derive reference captions and the vocabulary.
 
@@ -72,7 +72,7 @@ def data_command(
     if result.rebuilt:
         console.print(f"Prepared CIFAR-100 in {result.root}", highlight=False)
     else:
-        console.print(f"{result.root} already holds CIFAR-100 prepared with these options; nothing to do (use --force to rebuild)", highlight=False)
+        console.print(f"{result.root} already contains CIFAR-100 prepared with these options; nothing to do (use --force to rebuild)", highlight=False)
     counts = result.manifest["counts"]
     console.print(_counts_table(counts))
     console.print(
