@@ -68,14 +68,13 @@ FINAL_LEARNING_RATE_FRACTION = 0.01
 MAX_GRADIENT_NORM = 1.0
 VALIDATION_BATCH_SIZE = 500
 
-# Config keys that change the training trajectory: a resumed run must keep them.
+# Config keys that a resumed run must keep, because changing them would make the saved state
+# meaningless or the run's history inconsistent. Learning rates and weight decay may change, so
+# a diverged run can resume with a lower rate.
 RESUME_KEYS = [
     "data_root",
     "encoder",
     "batch_size",
-    "learning_rate",
-    "encoder_learning_rate",
-    "weight_decay",
     "label_smoothing",
     "contrastive_weight",
     "max_shift",
@@ -108,7 +107,8 @@ class CaptionerConfig:
         gan_run: GAN run folder whose discriminator becomes the image encoder.
         out: run folder for weights, caches, history and plots.
         encoder: ``train`` to fine-tune the discriminator trunk, ``freeze`` to keep it fixed.
-        epochs: total epochs, counting those of a resumed run. The cosine schedule spans them.
+        epochs: total epochs, counting those of a resumed run. The cosine schedule spans them, so
+            raising it on a finished run raises the learning rate again.
         batch_size: images per step; the last incomplete batch of each epoch is dropped.
         learning_rate: AdamW peak learning rate of the projection head, decoder and logit scale.
         encoder_learning_rate: AdamW peak learning rate of the discriminator trunk when trained.
@@ -320,12 +320,19 @@ def _parameter_groups(model: Captioner, contrastive_loss: ClipContrastiveLoss, c
         if parameter.requires_grad:
             groups.setdefault((part, parameter.ndim >= 2), []).append(parameter)
 
-    base_rates = {"encoder": config.encoder_learning_rate, "head": config.learning_rate}
     # Sorted so that the group order, which the saved optimiser state depends on, never varies.
-    return [
-        {"params": parameters, "lr": base_rates[part], "base_lr": base_rates[part], "weight_decay": config.weight_decay if decayed else 0.0}
-        for (part, decayed), parameters in sorted(groups.items())
-    ]
+    groups_in_order = [{"params": parameters, "part": part, "decayed": decayed} for (part, decayed), parameters in sorted(groups.items())]
+    _apply_rates(groups_in_order, config)
+    return groups_in_order
+
+
+def _apply_rates(param_groups: list[dict[str, Any]], config: CaptionerConfig) -> None:
+    """Set each group's base learning rate and weight decay from ``config``, also after loading a saved state."""
+    base_rates = {"encoder": config.encoder_learning_rate, "head": config.learning_rate}
+    for group in param_groups:
+        group["base_lr"] = base_rates[group["part"]]
+        group["lr"] = group["base_lr"]
+        group["weight_decay"] = config.weight_decay if group["decayed"] else 0.0
 
 
 class _CaptionerTrainer:
@@ -427,6 +434,7 @@ class _CaptionerTrainer:
 
     def load(self) -> None:
         state = load_training_state(self.run_dir / STATE_FILE, **self._state_parts())
+        _apply_rates(self.optimizer.param_groups, self.config)
         counters = state.counters
         if counters.get("steps_per_epoch") != self.steps_per_epoch:
             raise RunFolderError(
@@ -444,6 +452,9 @@ class _CaptionerTrainer:
 
     def save_state(self) -> None:
         """Write the history and then the training state, so the state is never ahead of the rest."""
+        parameters = [*self.model.parameters(), self.contrastive_loss.logit_scale]
+        if not all(torch.isfinite(parameter).all() for parameter in parameters):
+            raise self._diverged("a network weight is NaN or infinite")
         atomic_write_text(self.run_dir / HISTORY_FILE, "".join(json.dumps(row) + "\n" for row in self.history))
         counters = {
             "epochs_completed": self.epochs_completed,
