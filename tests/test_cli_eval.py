@@ -76,11 +76,13 @@ def test_cli_eval_json_floor_below_ceiling(run_dir: Path) -> None:
 
 
 def test_cli_eval_repeated_metrics_option(run_dir: Path) -> None:
-    result = runner.invoke(app, ["eval", str(run_dir), "--split", "val", "--json", "--tokenizer", "simple", "--metrics", "cider", "--metrics", "bleu_2"])
+    arguments = ["eval", str(run_dir), "--split", "val", "--json", "--tokenizer", "simple", "--metrics", "cider", "--metrics", "bleu_2", "--precision", "bf16"]
+    result = runner.invoke(app, arguments)
 
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["metrics"] == ["bleu_2", "cider"]
+    assert metrics["precision"] == "bf16"
 
 
 def test_cli_eval_java_missing(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import stat
 from pathlib import Path
 
@@ -269,3 +270,26 @@ def test_scorer_close_stops_meteor():
     process = scorer._meteor.meteor_p
     scorer.close()
     assert process.poll() is not None
+
+
+def test_score_matches_plain_pycocoevalcap_random_set():
+    # Many images share (caption, references) pairs, as template captions do.
+    generator = random.Random(0)
+    class_references = [[f"a photo of a thing{label}", f"a blurry picture of a thing{label} outside"] for label in range(8)]
+    templates = ["a photo of a thing{}", "a picture of thing{}", "thing{} outside", "a blurry photo"]
+    labels = [generator.randrange(8) for _ in range(300)]
+    hypotheses = [generator.choice(templates).format(generator.randrange(8)) for _ in labels]
+    references = [class_references[label] for label in labels]
+    with CaptionScorer(["bleu_1", "bleu_4", "rouge_l", "cider"], tokenizer="simple") as simple:
+        result = simple.score(hypotheses, references)
+        tokenized_hypotheses = {index: [text] for index, text in enumerate(simple.tokenize(hypotheses))}
+        tokenized_references = {index: simple.tokenize(refs) for index, refs in enumerate(references)}
+
+    bleu, _ = Bleu(4).compute_score(tokenized_references, tokenized_hypotheses, verbose=0)
+    rouge, _ = Rouge().compute_score(tokenized_references, tokenized_hypotheses)
+    cider, cider_per_image = Cider().compute_score(tokenized_references, tokenized_hypotheses)
+    assert result.corpus["bleu_1"] == pytest.approx(bleu[0], rel=1e-12)
+    assert result.corpus["bleu_4"] == pytest.approx(bleu[3], rel=1e-12)
+    assert result.corpus["rouge_l"] == pytest.approx(rouge, rel=1e-12)
+    assert result.corpus["cider"] == pytest.approx(cider, rel=1e-12)
+    assert result.per_image["cider"] == pytest.approx(list(cider_per_image), rel=1e-12)

@@ -18,6 +18,8 @@ CHECKPOINT_FILE = "best.safetensors"
 # Files that only a captioner run has next to its checkpoint.
 CAPTIONER_MARKER_FILES = ("vocabulary.json", "captions.json")
 BATCH_SIZE = 256
+# Up to this many images are captioned on one CPU thread.
+FEW_IMAGES = 16
 
 
 def latest_captioner_run(runs_root: Path = DEFAULT_RUNS_ROOT) -> Path:
@@ -91,6 +93,10 @@ def caption_command(
         error_console.print(f"[bold red]error:[/] {escape(entry['error'])}", highlight=False, soft_wrap=True)
 
     if loaded_images:
+        if len(loaded_images) <= FEW_IMAGES:
+            # Starting a second CPU thread costs more than it saves on a handful of images
+            # (about 0.7 s of a 3.5 s cold start on a busy 2-core machine, benchmarks/cli_startup.py).
+            torch.set_num_threads(1)
         torch_device = resolve_device(device)
         loaded = load_captioner(run_dir, checkpoint="best", device=torch_device)
         batch_results = []

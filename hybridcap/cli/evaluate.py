@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from hybridcap.cli.console import console, error_console, handle_errors, warn
-from hybridcap.device import DeviceChoice
+from hybridcap.device import DeviceChoice, Precision
 from hybridcap.metrics.names import METRIC_NAMES, METRIC_TITLES, Tokenizer
 from hybridcap.training.reporting import TrainingReporter
 
@@ -36,6 +36,7 @@ def eval_command(
         typer.Option(help="Caption tokenizer: ptb is pycocoevalcap's Java PTB tokenizer (standard); simple needs no Java."),
     ] = Tokenizer.ptb,
     device: Annotated[DeviceChoice, typer.Option(help="Device for caption generation.")] = DeviceChoice.auto,
+    precision: Annotated[Precision, typer.Option(help="Caption generation in fp32, or in bf16 autocast (faster on CPUs with bf16).")] = Precision.fp32,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics JSON to stdout instead of tables.")] = False,
 ) -> None:
     """Caption every val/test image with the run's best checkpoint and score the captions.
@@ -55,6 +56,7 @@ def eval_command(
         beam_size=beam,
         metrics=metric_names,
         device=device,
+        precision=precision,
         tokenizer=tokenizer,
         reporter=_StderrReporter(),
     )

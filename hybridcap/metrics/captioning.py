@@ -9,9 +9,10 @@ none of which changes a score:
   every later caption in the tokenizer's line-based protocol, and ``|`` can form METEOR's field
   separator ``|||``.
 - Each distinct text is tokenised once, and each distinct (hypothesis, references) pair is scored
-  once by the per-pair parts (BLEU and CIDEr n-gram counting, ROUGE-L, METEOR statistics). Corpus
-  statistics still count every image, so the results equal a plain per-image computation.
-  Template captions repeat a lot, so this is most of the speed.
+  once: BLEU's n-gram counts, CIDEr's n-gram vectors and similarities, ROUGE-L and METEOR's
+  statistics. Corpus statistics and CIDEr's document frequencies still count every image, so the
+  results equal a plain per-image computation. Template captions repeat a lot, so this is most of
+  the speed.
 - The Java processes run with timeouts, and METEOR is started once per ``CaptionScorer``.
 """
 
@@ -94,9 +95,9 @@ def require_java(metrics: Sequence[str], tokenizer: Tokenizer | str = Tokenizer.
     if tokenizer is Tokenizer.ptb:
         raise JavaNotFoundError(
             "java was not found on PATH, but METEOR and the PTB tokenizer (which every metric uses by default) need it; "
-            f"install Java 8 or newer, or skip both with --tokenizer simple --metrics {without_meteor}"
+            f"install a Java runtime, or skip both with --tokenizer simple --metrics {without_meteor}"
         )
-    raise JavaNotFoundError(f"java was not found on PATH, but METEOR needs it; install Java 8 or newer, or skip it with --metrics {without_meteor}")
+    raise JavaNotFoundError(f"java was not found on PATH, but METEOR needs it; install a Java runtime, or skip it with --metrics {without_meteor}")
 
 
 @dataclass
@@ -289,15 +290,22 @@ def _score_meteor(meteor: MeteorProcess, pairs: Sequence[tuple[str, tuple[str, .
 
 
 def _score_cider(pairs: Sequence[tuple[str, tuple[str, ...]]], image_pairs: Sequence[int]) -> tuple[float, list[float]]:
-    # Same as pycocoevalcap.cider.Cider().compute_score. Document frequencies must count every
-    # image, so every image is added; only the n-gram counting is shared between repeats.
+    # Same values as pycocoevalcap.cider.Cider().compute_score, whose corpus score is the mean of
+    # the per-image scores. Document frequencies must count every image's references, so
+    # compute_doc_freq sees every image. compute_cider (pycocoevalcap 1.2) takes log(len(crefs))
+    # as the log image count and scores zip(ctest, crefs), so it gets the distinct pairs first,
+    # then placeholders that pad crefs to the image count and are never scored.
     cooked = [(cook_cider_references(list(references)), cook_cider_hypothesis(hypothesis)) for hypothesis, references in pairs]
     scorer = CiderScorer(n=4, sigma=6.0)
-    for pair in image_pairs:
-        scorer.crefs.append(cooked[pair][0])
-        scorer.ctest.append(cooked[pair][1])
-    corpus, per_image = scorer.compute_score()
-    return float(corpus), [float(value) for value in per_image]
+    scorer.crefs = [cooked[pair][0] for pair in image_pairs]
+    scorer.compute_doc_freq()
+    scorer.crefs = [cooked_references for cooked_references, _ in cooked] + [None] * (len(image_pairs) - len(pairs))
+    scorer.ctest = [cooked_hypothesis for _, cooked_hypothesis in cooked]
+    pair_scores = scorer.compute_cider()
+    if len(pair_scores) != len(pairs):
+        raise RuntimeError(f"pycocoevalcap's CiderScorer returned {len(pair_scores)} scores for {len(pairs)} pairs; its internals changed")
+    per_image = [float(pair_scores[pair]) for pair in image_pairs]
+    return float(np.mean(per_image)), per_image
 
 
 def _cider_notes(reference_tokens: Sequence[tuple[str, ...]]) -> list[str]:

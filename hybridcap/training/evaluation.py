@@ -35,7 +35,7 @@ import numpy as np
 
 from hybridcap.datasets import load_prepared
 from hybridcap.datasets.captions import readable_class_name, readable_superclass_name
-from hybridcap.device import DeviceChoice, resolve_device
+from hybridcap.device import DeviceChoice, Precision, resolve_device
 from hybridcap.errors import RunFolderError
 from hybridcap.io import atomic_write_json, atomic_write_text
 from hybridcap.metrics.accuracy import ClassNameMatcher, caption_accuracy
@@ -111,6 +111,7 @@ def evaluate_run(
     metrics: Sequence[str] = METRIC_NAMES,
     device: DeviceChoice | str = DeviceChoice.auto,
     *,
+    precision: Precision | str = Precision.fp32,
     data_root: str | os.PathLike[str] | None = None,
     tokenizer: Tokenizer | str = Tokenizer.ptb,
     batch_size: int = 500,
@@ -125,6 +126,8 @@ def evaluate_run(
         beam_size: beams per image; 1 decodes greedily.
         metrics: names from ``METRIC_NAMES``; only these scorers are built.
         device: where to generate captions.
+        precision: ``fp32``, or ``bf16`` autocast for generation. bf16 was about 3x faster in
+            benchmarks/eval_speed.py on a 2-core CPU, but its beams may differ slightly from fp32.
         data_root: prepared CIFAR-100 folder; by default the one the run was trained on.
         tokenizer: ``ptb`` (pycocoevalcap's Java tokenizer, the standard) or ``simple``.
         batch_size: images per generation batch.
@@ -160,7 +163,7 @@ def evaluate_run(
         for split in splits:
             image_split = data.split(split)
             start = time.perf_counter()
-            captions = loaded.caption(image_split.images, beam_size=beam_size, batch_size=batch_size)
+            captions = loaded.caption(image_split.images, beam_size=beam_size, batch_size=batch_size, precision=precision)
             seconds = time.perf_counter() - start
             generated[split] = (captions, image_split.fine_labels.tolist(), seconds)
             reporter.info(f"{split}: captioned {len(captions)} images in {seconds:.1f} s")
@@ -189,6 +192,7 @@ def evaluate_run(
         "run_dir": str(run_dir),
         "checkpoint": "best",
         "beam_size": beam_size,
+        "precision": Precision(precision).value,
         "metrics": list(scorer.metrics),
         "tokenizer": Tokenizer(tokenizer).value,
         "floor_seed": seed,
