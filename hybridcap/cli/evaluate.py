@@ -65,7 +65,7 @@ def eval_command(
         typer.echo(json.dumps(result.metrics, indent=2, sort_keys=True))
     else:
         for split_name, split_result in result.metrics["splits"].items():
-            console.print(_scores_table(split_name, split_result, metric_names))
+            console.print(scores_table(split_name, split_result, metric_names))
         console.print(f"Wrote {', '.join(path.name for path in result.files)} in {result.run_dir}", highlight=False)
     for split_name, split_result in result.metrics["splits"].items():
         for note in split_result["notes"]:
@@ -82,7 +82,7 @@ class _StderrReporter(TrainingReporter):
         warn(message)
 
 
-def _scores_table(split_name: str, split_result: dict[str, Any], metric_names: tuple[str, ...]) -> Table:
+def scores_table(split_name: str, split_result: dict[str, Any], metric_names: tuple[str, ...]) -> Table:
     table = Table(
         title=f"{split_name}: {split_result['images']} images",
         caption="floor: a reference caption of a random class; ceiling: the same template with the true class; position: 0% at the floor, 100% at the ceiling",

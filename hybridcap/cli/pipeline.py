@@ -97,10 +97,16 @@ def run_command(
 def _print_summary(result: Any) -> None:
     from rich.table import Table
 
-    from hybridcap.cli.evaluate import print_metrics_table
+    from hybridcap.cli.evaluate import scores_table
+    from hybridcap.metrics.captioning import METRIC_NAMES
 
     console.rule("[bold]results")
-    print_metrics_table(result.metrics)
+    for split_name in sorted(result.metrics["splits"], key=["val", "test"].index):
+        split_result = result.metrics["splits"][split_name]
+        metric_names = tuple(name for name in METRIC_NAMES if name in split_result["model"])
+        console.print(scores_table(split_name, split_result, metric_names))
+        for note in split_result.get("notes", []):
+            warn(f"{split_name}: {note}")
 
     timings = Table(title="Wall time per stage")
     timings.add_column("stage")

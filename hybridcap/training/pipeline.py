@@ -8,6 +8,7 @@ Values are layered: the preset, then the TOML file, then command-line overrides.
 config is saved as ``pipeline.json`` in the experiment folder. Each stage that finishes is
 recorded in ``stages.json`` with the config it ran with, so a rerun skips it, and an
 interrupted stage resumes from its own checkpoint because the trainers resume by themselves.
+A stage whose config or inputs changed after it finished starts over (see ``run_pipeline``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridcap.errors import HybridcapError, RunFolderError
+from hybridcap.errors import HybridcapError
 from hybridcap.io import atomic_write_json, read_json
 from hybridcap.training.reporting import TrainingReporter
 
@@ -38,7 +39,7 @@ STAGES = ("data", "gan", "captioner", "eval")
 # Fields that the pipeline sets itself; a config file must not set them per stage.
 _LINKED_FIELDS = {
     "gan": {"data_root", "out", "seed", "device", "precision"},
-    "captioner": {"data_root", "out", "gan", "seed", "device", "precision"},
+    "captioner": {"data_root", "out", "gan_run", "seed", "device", "precision"},
 }
 
 
@@ -236,6 +237,20 @@ def _load_stage_records(path: Path) -> dict[str, Any]:
     return read_json(path) if path.exists() else {}
 
 
+def _needs_restart(previous: Mapping[str, Any] | None, current: Mapping[str, Any], upstream_changed: bool) -> bool:
+    """Return whether a stage must start over instead of resuming its own checkpoint.
+
+    A stage starts over when its inputs changed, since a checkpoint of it was made from the old
+    inputs. Otherwise a stage that never finished resumes, and one that finished starts over when
+    its config changed in anything but ``epochs``: more epochs continue the finished run.
+    """
+    if upstream_changed:
+        return True
+    if previous is None:
+        return False
+    return any(not _same_json(previous.get(key), current.get(key)) for key in set(previous) | set(current) if key != "epochs")
+
+
 def _same_json(left: Any, right: Any) -> bool:
     return json.dumps(left, sort_keys=True, default=str) == json.dumps(right, sort_keys=True, default=str)
 
@@ -249,11 +264,13 @@ def run_pipeline(
 ) -> PipelineResult:
     """Run every stage in order in ``config.out``, skipping stages already done with the same config.
 
-    Raises RunFolderError when ``config.out`` holds an experiment made with another config (unless
-    ``fresh``), and whatever a stage raises for bad input.
+    A stage that finished with another config starts over, except that a higher ``epochs``
+    continues training; later stages that had finished then start over too. Raises whatever a
+    stage raises for bad input.
     """
     from hybridcap.datasets import default_data_root, prepare_cifar100
     from hybridcap.training.captioner import CaptionerConfig, train_captioner
+    from hybridcap.metrics.captioning import METRIC_NAMES
     from hybridcap.training.evaluation import evaluate_run
     from hybridcap.training.gan import GanConfig, train_gan
 
@@ -267,24 +284,26 @@ def run_pipeline(
 
     if fresh and stages_file.exists():
         stages_file.unlink()
-    if pipeline_file.exists() and not fresh:
-        saved = read_json(pipeline_file)
-        if not _same_json(saved, config.to_dict()):
-            differing = sorted(key for key in set(saved) | set(config.to_dict()) if not _same_json(saved.get(key), config.to_dict().get(key)))
-            raise RunFolderError(
-                f"{out} holds an experiment with another config (differs in: {', '.join(differing)}); "
-                "use another --out, or --fresh to start it over"
-            )
     atomic_write_json(pipeline_file, config.to_dict())
     records = _load_stage_records(stages_file)
     timings: list[StageTiming] = []
+    # Set once a stage produces new outputs: every later stage that finished before must then
+    # start over, because it was trained or scored on the old outputs.
+    upstream_changed = False
 
-    def run_stage(stage: str, stage_config: dict[str, Any], outputs_exist: bool, body: Callable[[], None]) -> None:
+    def run_stage(stage: str, stage_config: dict[str, Any], outputs_exist: bool, body: Callable[[bool], bool]) -> None:
+        """Run ``body(restart)`` unless the stage is done with this config; ``body`` returns whether it changed outputs."""
+        nonlocal upstream_changed
         reporter.stage_started(stage)
         started = time.perf_counter()
-        skipped = outputs_exist and _same_json(records.get(stage), stage_config)
+        previous = records.get(stage)
+        skipped = outputs_exist and not upstream_changed and _same_json(previous, stage_config)
         if not skipped:
-            body()
+            restart = fresh or _needs_restart(previous, stage_config, upstream_changed)
+            if restart and previous is not None and not fresh:
+                reporter.info(f"{stage}: its config or its inputs changed since it last finished, so it starts over")
+            changed = body(restart)
+            upstream_changed = upstream_changed or changed
             records[stage] = stage_config
             atomic_write_json(stages_file, records)
         seconds = time.perf_counter() - started
@@ -300,7 +319,7 @@ def run_pipeline(
         "seed": config.seed,
     }
 
-    def prepare() -> None:
+    def prepare(restart: bool) -> bool:
         result = prepare_cifar100(
             data_root,
             url=config.data.url or None,
@@ -311,58 +330,91 @@ def run_pipeline(
         )
         for message in result.warnings:
             reporter.warning(message)
+        return result.rebuilt
 
-    # prepare_cifar100 is itself a no-op when the folder matches, so data always "runs".
+    # prepare_cifar100 is a no-op when the folder already matches, so the data stage always runs.
     run_stage("data", data_config, False, prepare)
 
     gan_config = GanConfig(
         **{**config.gan, "data_root": str(data_root), "out": str(gan_dir), "seed": config.seed, "device": config.device, "precision": config.precision}
     )
-    gan_record = dataclasses.asdict(gan_config)
-    run_stage("gan", gan_record, (gan_dir / "discriminator.safetensors").exists(), lambda: train_gan(gan_config, reporter=reporter, fresh=fresh))
+
+    def train_gan_stage(restart: bool) -> bool:
+        train_gan(gan_config, reporter=reporter, fresh=restart)
+        return True
+
+    run_stage("gan", gan_config.to_dict(), (gan_dir / "discriminator.safetensors").exists(), train_gan_stage)
 
     captioner_config = CaptionerConfig(
         **{
             **config.captioner,
             "data_root": str(data_root),
             "out": str(captioner_dir),
-            "gan": str(gan_dir),
+            "gan_run": str(gan_dir),
             "seed": config.seed,
             "device": config.device,
             "precision": config.precision,
         }
     )
-    if getattr(captioner_config, "clip_pretrained", "openai") == "none" and clip_warning is not None:
-        clip_warning("the CLIP text encoder is randomly initialised (--clip-pretrained none); captions are not aligned with real CLIP")
-    captioner_record = dataclasses.asdict(captioner_config)
-    run_stage(
-        "captioner",
-        captioner_record,
-        (captioner_dir / "best.safetensors").exists(),
-        lambda: train_captioner(captioner_config, reporter=reporter, fresh=fresh),
-    )
+    uses_random_text_tower = captioner_config.clip_pretrained == "none" and not captioner_config.clip_weights
+    if uses_random_text_tower and captioner_config.contrastive_weight > 0 and clip_warning is not None:
+        clip_warning("the CLIP text encoder is randomly initialised (--clip-pretrained none): the contrastive loss aligns images with random text embeddings, not with CLIP's")
 
-    eval_record = {**dataclasses.asdict(config.eval), "captioner": captioner_record, "device": config.device}
+    def train_captioner_stage(restart: bool) -> bool:
+        train_captioner(captioner_config, reporter=reporter, fresh=restart)
+        return True
+
+    run_stage("captioner", captioner_config.to_dict(), (captioner_dir / "best.safetensors").exists(), train_captioner_stage)
+
     splits = ["val", "test"] if config.eval.splits == "both" else [config.eval.splits]
+    eval_record = {**dataclasses.asdict(config.eval), "device": config.device, "seed": config.seed}
 
-    def evaluate() -> None:
+    def evaluate(restart: bool) -> bool:
         evaluate_run(
             captioner_dir,
             splits=splits,
             beam_size=config.eval.beam_size,
-            metrics=config.eval.metrics or None,
+            metrics=config.eval.metrics or METRIC_NAMES,
             device=config.device,
+            seed=config.seed,
+            reporter=reporter,
         )
+        return True
 
     run_stage("eval", eval_record, (captioner_dir / "metrics.json").exists(), evaluate)
     metrics = read_json(captioner_dir / "metrics.json")
 
     gallery = out / "caption_gallery.png"
-    captions_file = captioner_dir / "captions.jsonl"
-    if captions_file.exists():
-        from hybridcap.training.gallery import write_caption_gallery
-
-        write_caption_gallery(captions_file, data_root, gallery, split="test" if "test" in splits else splits[0])
-    else:
-        gallery = None
+    _write_gallery(captioner_dir / "captions.jsonl", data_root, gallery, split=splits[-1], seed=config.seed)
     return PipelineResult(out, data_root, gan_dir, captioner_dir, metrics, timings, gallery)
+
+
+def _write_gallery(captions_file: Path, data_root: Path, path: Path, *, split: str, seed: int, count: int = 24) -> None:
+    """Draw ``count`` images of ``split``, from distinct classes where possible, with their captions."""
+    import torch
+
+    from hybridcap.datasets import caption_names_class, load_prepared
+    from hybridcap.training.gallery import write_caption_gallery
+
+    records = []
+    with open(captions_file, encoding="utf-8") as file:
+        for line in file:
+            record = json.loads(line)
+            if record["split"] == split:
+                records.append(record)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(records), generator=generator).tolist()
+    chosen, seen_classes = [], set()
+    for position in order:
+        if records[position]["fine_label"] not in seen_classes:
+            chosen.append(records[position])
+            seen_classes.add(records[position]["fine_label"])
+        if len(chosen) == count:
+            break
+
+    data = load_prepared(data_root)
+    images = data.split(split).images[[record["index"] for record in chosen]]
+    captions = [record["caption"] for record in chosen]
+    correct = [caption_names_class(record["caption"], data.fine_names[record["fine_label"]]) for record in chosen]
+    title = f"{split} images: {sum(correct)} of {len(chosen)} captions name the right class (green, \u2713)"
+    write_caption_gallery(path, images, captions, correct, title=title)
