@@ -45,7 +45,6 @@ from hybridcap.training.reporting import TrainingReporter
 EVALUATION_SPLITS = ("val", "test")
 METRICS_FILE = "metrics.json"
 CAPTIONS_FILE = "captions.jsonl"
-SYSTEMS = ("model", "floor", "ceiling")
 
 
 @dataclass
@@ -131,7 +130,7 @@ def evaluate_run(
         data_root: prepared CIFAR-100 folder; by default the one the run was trained on.
         tokenizer: ``ptb`` (pycocoevalcap's Java tokenizer, the standard) or ``simple``.
         batch_size: images per generation batch.
-        seed: seed of the floor captioner.
+        seed: seed of the floor captioner; split ``val`` uses ``seed`` and ``test`` ``seed + 1``.
         reporter: receives one ``info`` line per finished stage.
 
     Raises:
@@ -170,7 +169,7 @@ def evaluate_run(
 
         evaluations: dict[str, SplitEvaluation] = {}
         matcher = ClassNameMatcher(data.fine_names)
-        for split_index, split in enumerate(splits):
+        for split in splits:
             captions, fine_labels, generation_seconds = generated[split]
             start = time.perf_counter()
             evaluations[split] = _score_split(
@@ -183,7 +182,8 @@ def evaluate_run(
                 data.fine_names,
                 data.coarse_names,
                 data.fine_to_coarse,
-                seed + split_index,
+                # A seed per split name, so a split's floor does not depend on which others ran.
+                seed + EVALUATION_SPLITS.index(split),
             )
             evaluations[split].seconds = {"generation": generation_seconds, "scoring": time.perf_counter() - start}
             reporter.info(f"{split}: scored model, floor and ceiling in {evaluations[split].seconds['scoring']:.1f} s")
