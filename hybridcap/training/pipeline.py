@@ -367,7 +367,7 @@ def run_pipeline(
     run_stage("captioner", captioner_config.to_dict(), (captioner_dir / "best.safetensors").exists(), train_captioner_stage)
 
     splits = ["val", "test"] if config.eval.splits == "both" else [config.eval.splits]
-    eval_record = {**dataclasses.asdict(config.eval), "device": config.device, "seed": config.seed}
+    eval_record = {**dataclasses.asdict(config.eval), "device": config.device, "precision": config.precision, "seed": config.seed}
 
     def evaluate(restart: bool) -> bool:
         evaluate_run(
@@ -376,6 +376,7 @@ def run_pipeline(
             beam_size=config.eval.beam_size,
             metrics=config.eval.metrics or METRIC_NAMES,
             device=config.device,
+            precision=config.precision,
             seed=config.seed,
             reporter=reporter,
         )
