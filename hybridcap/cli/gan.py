@@ -18,7 +18,11 @@ from hybridcap.device import DeviceChoice, Precision
 def train_gan_command(
     data_root: Annotated[
         Path | None,
-        typer.Option("--data-root", help="Folder written by `hybridcap data`. Default: the data cache, ~/.cache/hybridcap/cifar100."),
+        typer.Option(
+            "--data-root",
+            help="Folder written by `hybridcap data`; defaults to $XDG_CACHE_HOME/hybridcap/cifar100 or ~/.cache/hybridcap/cifar100.",
+            show_default=False,
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Run folder for weights, training state, losses and samples.")] = Path("runs/gan"),
     epochs: Annotated[int, typer.Option(min=1, help="Total epochs, counting those already done in --out.")] = 20,
