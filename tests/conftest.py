@@ -1,4 +1,4 @@
-"""Shared fixtures: a prepared-data folder made from a small generated archive."""
+"""Shared fixtures: generated archives, a prepared-data folder made from one, and the real archive."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from cifar_factory import write_cifar100_archive  # noqa: E402
 
-REAL_ARCHIVE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar-100-python.tar.gz"
+# The real archive lies outside the repository, in ../shared/data seen from the repository root.
+REAL_ARCHIVE = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar-100-python.tar.gz").resolve()
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +29,11 @@ def prepared_root(generated_archive: Path, tmp_path_factory: pytest.TempPathFact
     root = tmp_path_factory.mktemp("prepared") / "cifar100"
     prepare_cifar100(root, archive=generated_archive, val_per_class=1, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def real_archive() -> Path:
+    """The real CIFAR-100 archive; tests that use it are skipped when it is absent."""
+    if not REAL_ARCHIVE.is_file():
+        pytest.skip(f"real CIFAR-100 archive not found at {REAL_ARCHIVE}")
+    return REAL_ARCHIVE

@@ -47,8 +47,9 @@ CAPTION_TEMPLATES = (
     "a tiny image showing {thing}",
 )
 
-# Words whose first vowel letter is said with a consonant sound, and the reverse.
+# Words that start with a vowel letter pronounced as a consonant ("a unicorn").
 _CONSONANT_SOUND_PREFIXES = ("uni", "use", "usu", "eu", "one", "once", "ewe")
+# Words that start with a silent "h" ("an hour").
 _VOWEL_SOUND_PREFIXES = ("hour", "honest", "honor", "honour", "heir")
 
 
@@ -127,7 +128,7 @@ def caption_names_class(caption: str, fine_name: str) -> bool:
 
 
 def _fallback_superclass_plural(name: str) -> str:
-    # Drop a numeric suffix that only tells two groups apart, as in "vehicles_1".
+    # Drop a numeric suffix that only distinguishes two groups, as in "vehicles_1".
     words = readable_class_name(name).split()
     if len(words) > 1 and words[-1].isdigit():
         words = words[:-1]

@@ -26,7 +26,7 @@ class RawCifar100:
     train: dict[str, Any]
     test: dict[str, Any]
     meta: dict[str, Any]
-    # Where each file came from, for error messages, e.g. "cifar-100-python/train".
+    # Source path of each file for error messages, e.g. "cifar-100-python/train".
     member_paths: dict[str, str]
 
 
@@ -41,19 +41,19 @@ def read_cifar100_archive(path: Path) -> RawCifar100:
     if path.is_dir():
         raise DataError(f"{path} is a folder, not an archive; pass it with --dir instead of --archive")
 
-    wanted = {f"{ARCHIVE_FOLDER}/{name}": name for name in MEMBER_NAMES}
+    expected_members = {f"{ARCHIVE_FOLDER}/{name}": name for name in MEMBER_NAMES}
     contents: dict[str, bytes] = {}
     try:
         # Stream mode ("r|*") decompresses the archive once, front to back, instead of seeking.
         with tarfile.open(path, mode="r|*") as archive:
             for member in archive:
                 member_name = member.name.removeprefix("./")
-                if member_name not in wanted or not member.isfile():
+                if member_name not in expected_members or not member.isfile():
                     continue
                 extracted = archive.extractfile(member)
                 if extracted is None:
                     continue
-                contents[wanted[member_name]] = extracted.read()
+                contents[expected_members[member_name]] = extracted.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
         raise DataError(f"cannot read archive {path}: it is truncated or not a tar.gz file ({error}); download it again") from error
 

@@ -8,8 +8,8 @@ import torch
 def normalize_images(images: torch.Tensor) -> torch.Tensor:
     """Map uint8 pixels 0..255 to float32 values in [-1, 1], the range of the DCGAN generator's tanh.
 
-    Every trainer and the ``caption`` command use this function, so images seen in training and
-    at inference are scaled the same way. The result stays on the input's device.
+    Use it for every network input, in training and in the ``caption`` command, so that images
+    are scaled the same way everywhere. The result stays on the input's device.
 
     Raises:
         TypeError: when ``images`` is not a uint8 tensor, which would mean it was scaled already.

@@ -1,8 +1,8 @@
 """Turn the CIFAR-100 python archive into a prepared-data folder.
 
-The folder holds the images of the train, val and test splits as uint8 tensors in one
-safetensors file, the class names, the reference captions, the vocabulary and a manifest that
-records the source, its MD5 and the options, so a rerun with the same options does nothing.
+The folder contains the train, val and test images as uint8 tensors in one safetensors file,
+the class names, the reference captions and the vocabulary. Its manifest records the source,
+the source's MD5 and the options, so a rerun with the same options does nothing.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ DEFAULT_ARCHIVE_NAME = "cifar-100-python.tar.gz"
 
 @dataclass
 class PreparationResult:
-    """What ``prepare_cifar100`` did."""
+    """Outcome of ``prepare_cifar100``."""
 
     root: Path
     manifest: dict[str, Any]
@@ -87,7 +87,7 @@ def prepare_cifar100(
         directory: read this extracted ``cifar-100-python`` folder.
         val_per_class: training images per fine class moved to the validation split.
         seed: seed of the validation draw.
-        force: rebuild even when ``root`` holds data prepared with the same options.
+        force: rebuild even when ``root`` contains data prepared with the same options.
         download_progress: called with (bytes received, total bytes or None) while downloading.
         expected_md5: MD5 that a download must have; local archives with another MD5 are
             accepted with a warning.
@@ -148,9 +148,9 @@ def prepare_cifar100(
 
 
 def _describe_source(url: str | None, archive: str | Path | None, directory: str | Path | None) -> dict[str, str]:
-    given = [name for name, value in (("--url", url), ("--archive", archive), ("--dir", directory)) if value is not None]
-    if len(given) > 1:
-        raise DataError(f"{' and '.join(given)} were both given; choose one source")
+    sources_given = [name for name, value in (("--url", url), ("--archive", archive), ("--dir", directory)) if value is not None]
+    if len(sources_given) > 1:
+        raise DataError(f"{' and '.join(sources_given)} were given together; choose one source")
     if archive is not None:
         return {"kind": "archive", "location": str(Path(archive).expanduser().resolve())}
     if directory is not None:

@@ -45,9 +45,9 @@ def validate_cifar100(raw: RawCifar100) -> Cifar100Arrays:
     """Validate the three files and return their arrays.
 
     Raises:
-        DataError: on a missing key, data that is not N x 3072 uint8, a label list of the wrong
-            length or type, a label outside the class-name lists, a class name list with unused or
-            repeated names, or a fine class that appears under two superclasses.
+        DataError: on a missing key or data that is not N x 3072 uint8. Also on a label list
+            of the wrong length or type, or a label outside the class-name lists. Also on a
+            name list with unused or repeated names, or a fine class under two superclasses.
     """
     meta_path = raw.member_paths["meta"]
     fine_label_names = _read_names(raw.meta, "fine_label_names", meta_path)
@@ -96,7 +96,7 @@ def _read_labelled_images(contents: dict[str, Any], path: str, fine_count: int, 
     fine_labels = _read_labels(contents, "fine_labels", path, count, fine_count, "fine_label_names")
     coarse_labels = _read_labels(contents, "coarse_labels", path, count, coarse_count, "coarse_label_names")
 
-    # (N, 3072) -> (N, 3, 32, 32): each row holds the red plane, then green, then blue, row-major.
+    # (N, 3072) -> (N, 3, 32, 32): each row contains the red plane, then green, then blue, row-major.
     images = data.reshape(count, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
     return LabelledImages(images=images, fine_labels=fine_labels, coarse_labels=coarse_labels)
 

@@ -12,11 +12,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-# A word is letters and digits, optionally joined by inner hyphens ("medium-sized"); any other
+# A word is a run of letters and digits, with inner hyphens allowed ("medium-sized"). As in the
+# PTB tokenizer, "n't" and clitics such as "'s" are split off ("don't" -> "do", "n't"). Any other
 # visible character (comma, full stop, quote) becomes a token of its own.
-# NOTE: contractions stay whole ("don't"), where the PTB tokenizer writes "do n't"; hybridcap's
-# captions contain none.
-_TOKEN_PATTERN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*|[^\sa-z0-9]")
+# NOTE: the PTB tokenizer also rewrites brackets and quotes (-LRB-, ``), which this does not do.
+_WORD = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+_TOKEN_PATTERN = re.compile(rf"{_WORD}(?=n't)|n't|'(?:s|re|ve|ll|d|m)\b|{_WORD}|[^\sa-z0-9]")
 
 # Punctuation that decode() attaches to the previous word instead of separating with a space.
 _ATTACHED_PUNCTUATION = {",", ".", "!", "?", ";", ":"}
