@@ -1,5 +1,5 @@
-"""Shared fixtures: generated archives, a prepared-data folder made from one, the real archive,
-and the captioner's text tower, tiny data and GAN run."""
+"""Shared fixtures: generated archives, a prepared-data folder, the real archive, the text tower,
+the captioner's tiny data and GAN run, and a tiny captioner run."""
 
 from __future__ import annotations
 
@@ -94,3 +94,11 @@ def captioner_embedding_cache(captioner_data: Path, captioner_gan_run: Path, ran
     out = tmp_path_factory.mktemp("captioner_cache") / "run"
     train_captioner(tiny_config(captioner_data, captioner_gan_run, out, epochs=1), text_encoder=random_text_encoder)
     return out / "text_embeddings.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner_run(prepared_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A captioner run folder from a 2-epoch run of tiny networks on ``prepared_root``, no CLIP."""
+    from captioner_runs import train_tiny_captioner
+
+    return train_tiny_captioner(prepared_root, tmp_path_factory.mktemp("tiny-runs"))

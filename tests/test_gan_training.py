@@ -22,6 +22,19 @@ from hybridcap.training.reporting import TrainingReporter
 STEPS_PER_EPOCH = 15
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Run these tiny networks on one CPU thread.
+
+    With two threads, OpenMP workers spin while waiting for each other, and on a machine shared
+    with other jobs this made the tests about 20 times slower.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def tiny_config(prepared_root: Path, out: Path, **changes) -> GanConfig:
     config = GanConfig(
         data_root=str(prepared_root),
@@ -178,7 +191,8 @@ def test_train_gan_divergence_keeps_last_good_checkpoint(prepared_root: Path, tm
     generator_before = (tmp_path / "run" / "generator.safetensors").read_bytes()
     losses_before = (tmp_path / "run" / "losses.jsonl").read_text()
 
-    # Adam moves every weight by about the learning rate, so 1e30 overflows float32 within a step.
+    # Adam moves every weight by about the learning rate, so with 1e30 the next forward pass
+    # overflows float32.
     with pytest.raises(TrainingDivergedError) as raised:
         train_gan(dataclasses.replace(config, epochs=2, learning_rate=1e30))
 

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from hybridcap.errors import HybridcapError
 
@@ -19,13 +20,17 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, exit_code: int = 1) -> typer.Exit:
-    """Print ``error: message`` on stderr and return the typer.Exit to raise."""
-    error_console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    """Print ``error: message`` on stderr and return the typer.Exit to raise.
+
+    The message is printed literally: square brackets in it are not rich markup.
+    """
+    error_console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(exit_code)
 
 
 def warn(message: str) -> None:
-    error_console.print(f"[bold yellow]warning:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    """Print ``warning: message`` on stderr; the message is printed literally, not as rich markup."""
+    error_console.print(f"[bold yellow]warning:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def handle_errors(command: F) -> F:

@@ -18,19 +18,23 @@ from hybridcap.device import DeviceChoice, Precision
 def train_gan_command(
     data_root: Annotated[
         Path | None,
-        typer.Option("--data-root", help="Folder written by `hybridcap data`. Default: the data cache, ~/.cache/hybridcap/cifar100."),
+        typer.Option(
+            "--data-root",
+            help="Folder written by `hybridcap data`; defaults to $XDG_CACHE_HOME/hybridcap/cifar100 or ~/.cache/hybridcap/cifar100.",
+            show_default=False,
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Run folder for weights, training state, losses and samples.")] = Path("runs/gan"),
     epochs: Annotated[int, typer.Option(min=1, help="Total epochs, counting those already done in --out.")] = 20,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per training step.")] = 128,
     learning_rate: Annotated[float, typer.Option(min=0.0, help="Adam learning rate of both networks.")] = 2e-4,
     label_smoothing: Annotated[float, typer.Option(min=0.0, max=0.99, help="Target for real images is 1 minus this value.")] = 0.0,
-    width: Annotated[int, typer.Option(min=1, help="Channels of the networks' first stage; later stages use 2x and 4x.")] = 64,
+    width: Annotated[int, typer.Option(min=1, help="Channels of the 16x16 stage of both networks; the 8x8 and 4x4 stages use 2x and 4x.")] = 64,
     latent_dim: Annotated[int, typer.Option(min=1, help="Length of the generator's noise vector.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the weights, batch order, flips and noise.")] = 0,
     save_every: Annotated[int, typer.Option(min=0, help="Also checkpoint every this many steps; 0 checkpoints only after each epoch.")] = 200,
     device: Annotated[DeviceChoice, typer.Option(help="Training device; auto picks CUDA, then MPS, then the CPU.")] = DeviceChoice.auto,
-    precision: Annotated[Precision, typer.Option(help="fp32, or bf16 autocast (faster on recent CPUs and GPUs).")] = Precision.fp32,
+    precision: Annotated[Precision, typer.Option(help="Numeric precision: fp32, or bf16 autocast.")] = Precision.fp32,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete the earlier run in --out and start over instead of resuming.")] = False,
 ) -> None:
     """Train the DCGAN on the prepared CIFAR-100 training images.

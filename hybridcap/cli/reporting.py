@@ -93,4 +93,4 @@ class RichReporter(TrainingReporter):
         self.console.print(message, markup=False, highlight=False, soft_wrap=True)
 
     def warning(self, message: str) -> None:
-        warn(escape(message))
+        warn(message)

@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import importlib.metadata
 import os
-import pickle
 import time
 import urllib.error
 import urllib.parse
@@ -306,9 +305,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         # weights_only refuses arbitrary pickled objects, so an untrusted file cannot run code.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise HybridcapError(f"cannot read CLIP weights {path} as a state dict ({first_line}); pass open_clip_model.safetensors or another open_clip state dict") from error
+    # A corrupt file makes torch's weights-only unpickler raise almost any exception type
+    # (KeyError, IndexError, ValueError, ...), so every Exception means "not a readable checkpoint".
+    except Exception as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise HybridcapError(f"cannot read CLIP weights {path} as a state dict ({type(error).__name__}: {first_line}); pass open_clip_model.safetensors or another open_clip state dict") from error
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, dict):

@@ -725,8 +725,6 @@ def train_captioner(
 
     if fresh:
         _remove_run_files(run_dir)
-    atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
-    _write_caption_files(run_dir, data)
 
     result = CaptionerResult(run_dir=run_dir, epochs_completed=0, global_step=0, resumed_from_step=None)
     text_embeddings = None
@@ -745,6 +743,10 @@ def train_captioner(
             reporter.info(f"embedded {cache.computed} captions with the {config.text_encoder_spec().describe()} text tower in {cache.seconds:.1f} s")
         else:
             reporter.info(f"caption embeddings loaded from {run_dir / TEXT_EMBEDDINGS_FILE}")
+
+    # Written only once the text tower has loaded, so missing CLIP weights leave no run folder behind.
+    atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
+    _write_caption_files(run_dir, data)
 
     trainer = _CaptionerTrainer(config, device, data, trunk, text_embeddings, reporter)
     if resume:

@@ -294,11 +294,16 @@ class _GanTrainer:
     def load(self) -> None:
         state = load_training_state(self.run_dir / STATE_FILE, **self._state_parts())
         counters = state.counters
-        self.epochs_completed = int(counters["epochs_completed"])
-        self.step_in_epoch = int(counters["step_in_epoch"])
-        self.global_step = int(counters["global_step"])
-        self.epoch_sums = {name: float(counters["epoch_sums"][name]) for name in STEP_VALUE_NAMES}
-        self.epoch_logged_steps = int(counters["epoch_logged_steps"])
+        try:
+            self.epochs_completed = int(counters["epochs_completed"])
+            self.step_in_epoch = int(counters["step_in_epoch"])
+            self.global_step = int(counters["global_step"])
+            self.epoch_sums = {name: float(counters["epoch_sums"][name]) for name in STEP_VALUE_NAMES}
+            self.epoch_logged_steps = int(counters["epoch_logged_steps"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise RunFolderError(
+                f"invalid training counters in {self.run_dir / STATE_FILE} ({error!r}); pass --fresh to start over"
+            ) from error
         if counters.get("steps_per_epoch") != self.steps_per_epoch:
             raise RunFolderError(
                 f"cannot resume {self.run_dir}: it has {counters.get('steps_per_epoch')} steps per epoch but the "
