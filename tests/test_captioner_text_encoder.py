@@ -145,3 +145,11 @@ def test_caption_cache_ignores_other_weights(random_text_encoder, tmp_path):
 
     assert result.computed == 1
     assert result.embeddings.abs().sum() > 0
+
+
+def test_text_encoder_rejects_corrupt_weights_file(tmp_path):
+    path = tmp_path / "clip.pt"
+    path.write_bytes(b"PK\x03\x04 not really a zip archive" * 10)
+
+    with pytest.raises(HybridcapError, match="cannot read CLIP weights .*clip.pt as a state dict"):
+        load_text_encoder(TextEncoderSpec(weights_path=str(path)))

@@ -168,3 +168,17 @@ def test_cli_captioner_module_does_not_import_torch() -> None:
     code = "import sys, hybridcap.cli.captioner; print('torch' in sys.modules, 'open_clip' in sys.modules)"
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1], check=True)
     assert completed.stdout.strip() == "False False"
+
+
+def test_cli_train_captioner_unavailable_clip_leaves_no_run(captioner_data: Path, captioner_gan_run: Path, tmp_path: Path) -> None:
+    corrupt = tmp_path / "clip.bin"
+    corrupt.write_bytes(b"\x80\x02 truncated pickle")
+    arguments = tiny_arguments(captioner_data, captioner_gan_run, tmp_path / "run")
+    arguments[arguments.index("none")] = "openai"
+
+    result = runner.invoke(app, [*arguments, "--clip-weights", str(corrupt)])
+
+    assert result.exit_code == 1
+    assert "cannot read CLIP weights" in result.stderr
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run" / "config.json").exists()
