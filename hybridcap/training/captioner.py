@@ -23,21 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy
 import torch
 import torch.nn.functional as F
 
 from hybridcap.datasets import PreparedCifar100, default_data_root, load_prepared, normalize_images
 from hybridcap.device import DeviceChoice, Precision, autocast, resolve_device
 from hybridcap.errors import DataError, HybridcapError, RunFolderError, TrainingDivergedError
-from hybridcap.io import CONFIG_METADATA_KEY, atomic_write_json, atomic_write_text, read_json, save_weights
+from hybridcap.io import CONFIG_METADATA_KEY, atomic_write_json, atomic_write_text, save_weights
 from hybridcap.losses.contrastive import ClipContrastiveLoss
 from hybridcap.networks.captioner import Captioner, CaptionerNetworkConfig, DiscriminatorTrunk
 from hybridcap.networks.text_encoder import FrozenTextEncoder, TextEncoderSpec, cached_caption_embeddings
 from hybridcap.training.caption_batches import CaptionTable, augment_images, caption_token_length
 from hybridcap.training.encoder_mode import EncoderMode
 from hybridcap.training.gan_step import uses_channels_last
-from hybridcap.training.checkpoint import describe_config_difference, load_training_state, save_training_state
+from hybridcap.training.checkpoint import load_training_state, save_training_state
 from hybridcap.training.inference import (
     BEST_FILE,
     CAPTIONS_FILE,
@@ -52,6 +51,7 @@ from hybridcap.training.inference import (
     class_accuracy,
 )
 from hybridcap.training.reporting import TrainingReporter
+from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, saved_config_to_resume
 
 
 # Fraction of all steps over which the learning rates rise linearly from 0 before the cosine decay.
@@ -224,16 +224,6 @@ def _validate(config: CaptionerConfig) -> None:
             raise invalid(name, "one of " + ", ".join(choice.value for choice in choices))
 
 
-def _derived_seed(seed: int, purpose: int, *values: int) -> int:
-    return int(numpy.random.SeedSequence([seed, purpose, *values]).generate_state(1, dtype=numpy.uint64)[0])
-
-
-def _epoch_permutation(seed: int, epoch_index: int, image_count: int) -> torch.Tensor:
-    """Return the batch order of one epoch, a function of (seed, epoch) only, so resuming can rebuild it."""
-    random = torch.Generator().manual_seed(_derived_seed(seed, _SEED_PERMUTATION, epoch_index))
-    return torch.randperm(image_count, generator=random)
-
-
 def _learning_rate_factor(step: int, total_steps: int) -> float:
     """Return the multiplier of the base learning rates at ``step``: linear warm-up, then cosine decay."""
     warmup_steps = max(1, round(WARMUP_FRACTION * total_steps))
@@ -252,26 +242,6 @@ def _load_gan_trunk(gan_run: Path, device: torch.device) -> DiscriminatorTrunk:
     return DiscriminatorTrunk(discriminator)
 
 
-def _check_resumable(run_dir: Path, config: CaptionerConfig) -> bool:
-    """Return True when ``run_dir`` has a training state that ``config`` may resume.
-
-    Raises RunFolderError when the folder was made with a config that changes the training
-    trajectory, or when its config file is unreadable.
-    """
-    if not (run_dir / STATE_FILE).is_file():
-        return False
-    try:
-        saved = read_json(run_dir / CONFIG_FILE)
-    except RunFolderError as error:
-        raise RunFolderError(f"cannot resume {run_dir}: {error}; pass --fresh to start over") from error
-    if not isinstance(saved, dict):
-        raise RunFolderError(f"invalid {run_dir / CONFIG_FILE}: expected a JSON object; pass --fresh to start over")
-    difference = describe_config_difference(saved, config.to_dict(), RESUME_KEYS)
-    if difference is not None:
-        raise RunFolderError(f"cannot resume {run_dir}: {difference}; pass --fresh to start over or choose another --out")
-    return True
-
-
 def _remove_run_files(run_dir: Path) -> None:
     """Delete an earlier run's files, the training state first, so a kill cannot resume a half-deleted run.
 
@@ -280,23 +250,6 @@ def _remove_run_files(run_dir: Path) -> None:
     """
     for name in [STATE_FILE, BEST_FILE, LAST_FILE, HISTORY_FILE, LOSS_CURVE_FILE, CONFIG_FILE, VOCABULARY_FILE, CAPTIONS_FILE]:
         (run_dir / name).unlink(missing_ok=True)
-
-
-def _read_history(path: Path, up_to_step: int) -> list[dict[str, Any]]:
-    """Read ``history.jsonl`` rows up to ``up_to_step``, because later rows belong to steps that will be redone."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RunFolderError(f"invalid JSON on line {line_number} of {path}: {error.msg}; pass --fresh to start over") from error
-        if row.get("step", 0) <= up_to_step:
-            rows.append(row)
-    return rows
 
 
 def _parameter_groups(model: Captioner, contrastive_loss: ClipContrastiveLoss, config: CaptionerConfig) -> list[dict[str, Any]]:
@@ -379,7 +332,7 @@ class _CaptionerTrainer:
         # The head and decoder weights come from a seed of their own. Dropout draws from the
         # global RNG, seeded below from the run's seed and saved with the training state.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_derived_seed(config.seed, _SEED_WEIGHTS))
+            torch.manual_seed(derived_seed(config.seed, _SEED_WEIGHTS))
             self.model = Captioner(trunk, self.network_config)
         self.model.to(device)
         self.channels_last = uses_channels_last(device)
@@ -390,8 +343,8 @@ class _CaptionerTrainer:
         self.model.train()
         self.contrastive_loss = ClipContrastiveLoss().to(device)
         self.optimizer = torch.optim.AdamW(_parameter_groups(self.model, self.contrastive_loss, config))
-        self.step_random = torch.Generator(device).manual_seed(_derived_seed(config.seed, _SEED_STEPS))
-        torch.manual_seed(_derived_seed(config.seed, _SEED_STEPS))
+        self.step_random = torch.Generator(device).manual_seed(derived_seed(config.seed, _SEED_STEPS))
+        torch.manual_seed(derived_seed(config.seed, _SEED_STEPS))
 
         # Counters saved in the training state.
         self.epochs_completed = 0
@@ -445,7 +398,7 @@ class _CaptionerTrainer:
         self.epoch_logged_steps = int(counters["epoch_logged_steps"])
         self.best = counters.get("best")
         self.saved_step = self.global_step
-        self.history = _read_history(self.run_dir / HISTORY_FILE, self.global_step)
+        self.history = read_log_rows(self.run_dir / HISTORY_FILE, self.global_step)
 
     def save_state(self) -> None:
         """Write the history and then the training state, so the state is never ahead of the rest."""
@@ -621,7 +574,7 @@ class _CaptionerTrainer:
 
     def run_epoch(self, epoch_index: int) -> dict[str, float]:
         config = self.config
-        permutation = _epoch_permutation(config.seed, epoch_index, self.train_images.shape[0]).to(self.device)
+        permutation = epoch_permutation(config.seed, _SEED_PERMUTATION, epoch_index, self.train_images.shape[0]).to(self.device)
         self.reporter.epoch_started(epoch_index + 1, config.epochs, self.steps_per_epoch, self.step_in_epoch)
         epoch_start_time = time.perf_counter()
         epoch_start_step = self.global_step
@@ -712,7 +665,7 @@ def train_captioner(
     run_dir = Path(config.out)
     device = resolve_device(config.device)
 
-    resume = False if fresh else _check_resumable(run_dir, config)
+    resume = False if fresh else saved_config_to_resume(run_dir, STATE_FILE, CONFIG_FILE, config.to_dict(), RESUME_KEYS) is not None
     data = load_prepared(config.data_root)
     train_count = len(data.split("train"))
     if train_count < config.batch_size:

@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy
 import torch
 
 from hybridcap.datasets import default_data_root, load_prepared
 from hybridcap.device import DeviceChoice, Precision, resolve_device
 from hybridcap.errors import DataError, HybridcapError, RunFolderError, TrainingDivergedError
-from hybridcap.io import atomic_write_json, atomic_write_text, load_weights, read_json, save_weights
+from hybridcap.io import atomic_write_json, atomic_write_text, load_weights, save_weights
 from hybridcap.networks.dcgan import DcganConfig, Discriminator, Generator, init_dcgan_weights
-from hybridcap.training.checkpoint import describe_config_difference, load_training_state, save_training_state
+from hybridcap.training.checkpoint import load_training_state, save_training_state
 from hybridcap.training.gan_step import (
     STEP_VALUE_NAMES,
     CollapseMonitor,
@@ -43,6 +42,7 @@ from hybridcap.training.gan_step import (
 )
 from hybridcap.training.plots import save_loss_curve, save_sample_grid
 from hybridcap.training.reporting import TrainingReporter
+from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, saved_config_to_resume
 
 CONFIG_FILE = "config.json"
 GENERATOR_FILE = "generator.safetensors"
@@ -164,36 +164,6 @@ def _validate(config: GanConfig) -> None:
             raise HybridcapError(f"invalid GAN config: {name} must be one of {allowed}, got {value!r}")
 
 
-def _derived_seed(seed: int, purpose: int, *values: int) -> int:
-    return int(numpy.random.SeedSequence([seed, purpose, *values]).generate_state(1, dtype=numpy.uint64)[0])
-
-
-def _epoch_permutation(seed: int, epoch_index: int, image_count: int) -> torch.Tensor:
-    """Return the batch order of one epoch, a function of (seed, epoch) only, so resuming can rebuild it."""
-    random = torch.Generator().manual_seed(_derived_seed(seed, _SEED_PERMUTATION, epoch_index))
-    return torch.randperm(image_count, generator=random)
-
-
-def _check_resumable(run_dir: Path, config: GanConfig) -> dict[str, Any] | None:
-    """Return the saved config when ``run_dir`` has a training state that ``config`` may resume, else None.
-
-    Raises RunFolderError when the folder was made with a config that changes the training
-    trajectory, or when its files are incomplete.
-    """
-    if not (run_dir / STATE_FILE).is_file():
-        return None
-    try:
-        saved = read_json(run_dir / CONFIG_FILE)
-    except RunFolderError as error:
-        raise RunFolderError(f"cannot resume {run_dir}: {error}; pass --fresh to start over") from error
-    if not isinstance(saved, dict):
-        raise RunFolderError(f"invalid {run_dir / CONFIG_FILE}: expected a JSON object; pass --fresh to start over")
-    difference = describe_config_difference(saved, config.to_dict(), RESUME_KEYS)
-    if difference is not None:
-        raise RunFolderError(f"cannot resume {run_dir}: {difference}; pass --fresh to start over or choose another --out")
-    return saved
-
-
 def _remove_run_files(run_dir: Path) -> None:
     """Delete the files an earlier run left in ``run_dir``.
 
@@ -208,28 +178,11 @@ def _remove_run_files(run_dir: Path) -> None:
             sample.unlink()
 
 
-def _read_loss_rows(path: Path, up_to_step: int) -> list[dict[str, Any]]:
-    """Read ``losses.jsonl`` rows up to ``up_to_step``; later rows belong to steps that will be redone."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RunFolderError(f"invalid JSON on line {line_number} of {path}: {error.msg}; pass --fresh to start over") from error
-        if row.get("step", 0) <= up_to_step:
-            rows.append(row)
-    return rows
-
-
 def _build_networks(config: GanConfig, device: torch.device) -> tuple[Generator, Discriminator]:
     network_config = config.network_config()
     generator = Generator(network_config)
     discriminator = Discriminator(network_config)
-    weights_random = torch.Generator().manual_seed(_derived_seed(config.seed, _SEED_WEIGHTS))
+    weights_random = torch.Generator().manual_seed(derived_seed(config.seed, _SEED_WEIGHTS))
     init_dcgan_weights(generator, weights_random)
     init_dcgan_weights(discriminator, weights_random)
     generator.to(device)
@@ -255,8 +208,8 @@ class _GanTrainer:
         adam_options = {"lr": config.learning_rate, "betas": tuple(config.adam_betas)}
         self.generator_optimizer = torch.optim.Adam(self.generator.parameters(), **adam_options)
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), **adam_options)
-        self.step_random = torch.Generator(device).manual_seed(_derived_seed(config.seed, _SEED_STEPS))
-        fixed_noise_random = torch.Generator().manual_seed(_derived_seed(config.seed, _SEED_FIXED_NOISE))
+        self.step_random = torch.Generator(device).manual_seed(derived_seed(config.seed, _SEED_STEPS))
+        fixed_noise_random = torch.Generator().manual_seed(derived_seed(config.seed, _SEED_FIXED_NOISE))
         self.fixed_noise = torch.randn(SAMPLE_COUNT, config.latent_dim, generator=fixed_noise_random).to(device)
 
         self.train_step = GanTrainingStep(
@@ -310,7 +263,7 @@ class _GanTrainer:
                 f"training split now gives {self.steps_per_epoch}; pass --fresh to start over or choose another --out"
             )
         self.saved_step = self.global_step
-        self.loss_rows = _read_loss_rows(self.run_dir / LOSSES_FILE, self.global_step)
+        self.loss_rows = read_log_rows(self.run_dir / LOSSES_FILE, self.global_step)
         # Loading an optimiser state restores its saved learning rate; the current config wins.
         for optimizer in (self.generator_optimizer, self.discriminator_optimizer):
             for group in optimizer.param_groups:
@@ -403,7 +356,7 @@ class _GanTrainer:
 
     def run_epoch(self, epoch_index: int) -> dict[str, float]:
         config = self.config
-        permutation = _epoch_permutation(config.seed, epoch_index, self.images.shape[0]).to(self.device)
+        permutation = epoch_permutation(config.seed, _SEED_PERMUTATION, epoch_index, self.images.shape[0]).to(self.device)
         self.reporter.epoch_started(epoch_index + 1, config.epochs, self.steps_per_epoch, self.step_in_epoch)
         epoch_start_time = time.perf_counter()
         epoch_start_step = self.global_step
@@ -468,7 +421,7 @@ def train_gan(config: GanConfig, *, reporter: TrainingReporter | None = None, fr
     run_dir = Path(config.out)
     device = resolve_device(config.device)
 
-    saved_config = None if fresh else _check_resumable(run_dir, config)
+    saved_config = None if fresh else saved_config_to_resume(run_dir, STATE_FILE, CONFIG_FILE, config.to_dict(), RESUME_KEYS)
     images = load_prepared(config.data_root).split("train").images  # (N, 3, 32, 32) uint8
     if images.shape[0] < config.batch_size:
         raise DataError(

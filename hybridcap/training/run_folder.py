@@ -1,0 +1,74 @@
+"""Run-folder helpers both trainers share: seeds derived from the run seed, resume checks, log rows.
+
+Everything here is a function of the run seed and the files in the run folder, so a killed run
+rebuilds the same batch order and the same log after it resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy
+import torch
+
+from hybridcap.errors import RunFolderError
+from hybridcap.io import read_json
+from hybridcap.training.checkpoint import describe_config_difference
+
+
+def derived_seed(seed: int, purpose: int, *values: int) -> int:
+    """Return an independent 64-bit seed for one use (``purpose``) of the run seed, e.g. per epoch."""
+    return int(numpy.random.SeedSequence([seed, purpose, *values]).generate_state(1, dtype=numpy.uint64)[0])
+
+
+def epoch_permutation(seed: int, purpose: int, epoch_index: int, image_count: int) -> torch.Tensor:
+    """Return the batch order of one epoch, a function of (seed, epoch) only, so resuming can rebuild it."""
+    random = torch.Generator().manual_seed(derived_seed(seed, purpose, epoch_index))
+    return torch.randperm(image_count, generator=random)
+
+
+def saved_config_to_resume(
+    run_dir: Path,
+    state_file: str,
+    config_file: str,
+    config: Mapping[str, Any],
+    resume_keys: Sequence[str],
+) -> dict[str, Any] | None:
+    """Return the saved config when ``run_dir`` has a training state that ``config`` may resume, else None.
+
+    Raises RunFolderError when the folder was made with a config that differs in one of
+    ``resume_keys`` (options that change the training trajectory), or when its config file is
+    unreadable.
+    """
+    if not (run_dir / state_file).is_file():
+        return None
+    try:
+        saved = read_json(run_dir / config_file)
+    except RunFolderError as error:
+        raise RunFolderError(f"cannot resume {run_dir}: {error}; pass --fresh to start over") from error
+    if not isinstance(saved, dict):
+        raise RunFolderError(f"invalid {run_dir / config_file}: expected a JSON object; pass --fresh to start over")
+    difference = describe_config_difference(saved, config, list(resume_keys))
+    if difference is not None:
+        raise RunFolderError(f"cannot resume {run_dir}: {difference}; pass --fresh to start over or choose another --out")
+    return saved
+
+
+def read_log_rows(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    """Read the JSON-lines log rows up to ``up_to_step``, because later rows belong to steps that will be redone."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise RunFolderError(f"invalid JSON on line {line_number} of {path}: {error.msg}; pass --fresh to start over") from error
+        if row.get("step", 0) <= up_to_step:
+            rows.append(row)
+    return rows
