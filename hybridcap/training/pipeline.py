@@ -1,8 +1,8 @@
 """The whole job in one experiment folder: prepare data, train the GAN, train the captioner, evaluate.
 
-A pipeline config has one table per stage. The ``gan`` and ``captioner`` tables hold fields of
-``GanConfig`` and ``CaptionerConfig``; the pipeline fills in the fields that tie the stages
-together (data root, output folders, the GAN run the captioner loads, seed, device, precision).
+A pipeline config has one table per stage. The ``gan`` and ``captioner`` tables contain fields of
+``GanConfig`` and ``CaptionerConfig``. The pipeline itself sets the fields that tie the stages
+together: data root, output folders, the GAN run the captioner loads, seed, device and precision.
 
 Values are layered: the preset, then the TOML file, then command-line overrides. The resolved
 config is saved as ``pipeline.json`` in the experiment folder. Each stage that finishes is
@@ -36,7 +36,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 STAGES = ("data", "gan", "captioner", "eval")
 
-# Fields that the pipeline sets itself; a config file must not set them per stage.
+# Fields that the pipeline sets itself, so a config file must not set them per stage.
 _LINKED_FIELDS = {
     "gan": {"data_root", "out", "seed", "device", "precision"},
     "captioner": {"data_root", "out", "gan_run", "seed", "device", "precision"},
@@ -48,9 +48,9 @@ class Preset(str, enum.Enum):
     gpu = "gpu"
 
 
-# The CPU preset is sized to finish within an hour on a 2-core CPU with bf16 autocast (the README
-# gives the measured wall time); the GPU preset is the full recipe. Fields not listed keep the
-# defaults of GanConfig and CaptionerConfig.
+# The CPU preset is sized to finish within an hour on a 2-core CPU with bf16 autocast, and the
+# README gives its measured wall time. The GPU preset is the full recipe. Fields not listed keep
+# the defaults of GanConfig and CaptionerConfig.
 PRESETS: dict[Preset, dict[str, Any]] = {
     Preset.cpu: {
         "precision": "bf16",
@@ -67,7 +67,7 @@ PRESETS: dict[Preset, dict[str, Any]] = {
 
 @dataclass
 class DataStage:
-    """Where the CIFAR-100 archive comes from and where the prepared folder goes.
+    """Data stage options: the source of the CIFAR-100 archive and the prepared-data folder.
 
     Attributes:
         root: prepared-data folder; empty means the default cache folder.
@@ -86,7 +86,7 @@ class DataStage:
 
 @dataclass
 class EvalStage:
-    """Which splits and metrics the final evaluation computes.
+    """Evaluation stage options: the splits, beam width and metrics of the final evaluation.
 
     Attributes:
         splits: ``val``, ``test`` or ``both``.
@@ -125,7 +125,7 @@ class StageTiming:
 
 @dataclass
 class PipelineResult:
-    """What ``run_pipeline`` returns: where things are and how long each stage took."""
+    """Result of ``run_pipeline``: the folders it used, the metrics and each stage's wall time."""
 
     out: Path
     data_root: Path
@@ -223,7 +223,7 @@ def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class PipelineReporter(TrainingReporter):
-    """A TrainingReporter that is also told when each pipeline stage starts and ends."""
+    """A TrainingReporter that also receives the start and end of each pipeline stage."""
 
     def stage_started(self, stage: str) -> None:
         """Called before a stage runs."""
