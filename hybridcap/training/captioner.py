@@ -196,7 +196,8 @@ class CaptionerResult:
     text_embedding_seconds: float = 0.0
 
 
-def _validate(config: CaptionerConfig) -> None:
+def validate_config(config: CaptionerConfig) -> None:
+    """Raise HybridcapError naming the first invalid option of ``config``."""
     def invalid(name: str, requirement: str) -> HybridcapError:
         return HybridcapError(f"invalid captioner config: {name} must be {requirement}, got {getattr(config, name)!r}")
 
@@ -659,7 +660,7 @@ def train_captioner(
             folder cannot be written.
     """
     reporter = reporter or TrainingReporter()
-    _validate(config)
+    validate_config(config)
     data_root = Path(config.data_root) if config.data_root is not None else default_data_root()
     config = dataclasses.replace(config, data_root=str(data_root.expanduser().resolve()))
     run_dir = Path(config.out)

@@ -143,7 +143,8 @@ class GanResult:
     sample_grid: Path | None = None
 
 
-def _validate(config: GanConfig) -> None:
+def validate_config(config: GanConfig) -> None:
+    """Raise HybridcapError naming the first invalid option of ``config``."""
     positive_integers = ["epochs", "batch_size", "latent_dim", "width", "log_every"]
     for name in positive_integers:
         value = getattr(config, name)
@@ -415,7 +416,7 @@ def train_gan(config: GanConfig, *, reporter: TrainingReporter | None = None, fr
         HybridcapError: the config is invalid or the run folder cannot be written.
     """
     reporter = reporter or TrainingReporter()
-    _validate(config)
+    validate_config(config)
     data_root = Path(config.data_root) if config.data_root is not None else default_data_root()
     config = dataclasses.replace(config, data_root=str(data_root.expanduser().resolve()))
     run_dir = Path(config.out)

@@ -20,12 +20,15 @@ import json
 import os
 import sys
 import time
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hybridcap.errors import HybridcapError
+from hybridcap.metrics.names import Tokenizer, parse_metric_names
 from hybridcap.io import atomic_write_json, read_json
 from hybridcap.training.reporting import TrainingReporter
 
@@ -92,11 +95,13 @@ class EvalStage:
         splits: ``val``, ``test`` or ``both``.
         beam_size: beam width for caption generation.
         metrics: metric names; empty means all seven.
+        tokenizer: ``ptb`` (pycocoevalcap's Java PTB tokenizer) or ``simple`` (no Java needed).
     """
 
     splits: str = "both"
     beam_size: int = 3
     metrics: list[str] = field(default_factory=list)
+    tokenizer: str = "ptb"
 
 
 @dataclass
@@ -154,15 +159,59 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             return tomllib.load(file)
     except FileNotFoundError as error:
         raise HybridcapError(f"config file not found: {path}") from error
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise HybridcapError(f"invalid TOML in {path}: {error}") from error
+    except IsADirectoryError as error:
+        raise HybridcapError(f"config file {path} is a folder; pass a TOML file") from error
 
 
 def _check_stage_keys(section: str, values: Mapping[str, Any], config_class: type) -> None:
+    """Raise HybridcapError for a key ``config_class`` lacks or a value of the wrong type."""
     allowed = {item.name for item in dataclasses.fields(config_class)} - _LINKED_FIELDS.get(section, set())
     unknown = sorted(set(values) - allowed)
     if unknown:
         raise HybridcapError(f"unknown key(s) {', '.join(unknown)} in [{section}]; allowed: {', '.join(sorted(allowed))}")
+    field_types = typing.get_type_hints(config_class)
+    for key, value in values.items():
+        expected = field_types[key]
+        if not _has_type(value, expected):
+            raise HybridcapError(f"invalid value {value!r} for {key} in [{section}]: expected {_describe_type(expected)}")
+
+
+def _has_type(value: Any, expected: Any) -> bool:
+    """Return whether a TOML value fits a config field annotation (int, float, str, bool, Optional, list, tuple)."""
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is str:
+        return isinstance(value, str)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        arguments = [argument for argument in typing.get_args(expected) if argument is not Ellipsis]
+        if origin is tuple and Ellipsis not in typing.get_args(expected) and len(value) != len(arguments):
+            return False
+        return all(_has_type(item, arguments[0] if len(arguments) == 1 else arguments[index]) for index, item in enumerate(value))
+    return True
+
+
+def _describe_type(expected: Any) -> str:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return "nothing (omit the key)"
+    if origin is not None:
+        return f"a list like {[_describe_type(argument) for argument in typing.get_args(expected) if argument is not Ellipsis]}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(expected, str(expected))
 
 
 def resolve_config(
@@ -188,6 +237,18 @@ def resolve_config(
     unknown = sorted(set(values) - top_level)
     if unknown:
         raise HybridcapError(f"unknown key(s) {', '.join(unknown)} in the pipeline config; allowed: {', '.join(sorted(top_level))}")
+    for key in ("out", "device", "precision"):
+        if key in values and not isinstance(values[key], str):
+            raise HybridcapError(f"invalid value {values[key]!r} for {key}: expected a string")
+    if "seed" in values and (isinstance(values["seed"], bool) or not isinstance(values["seed"], int)):
+        raise HybridcapError(f"invalid value {values['seed']!r} for seed: expected an integer")
+    for section in ("data", "gan", "captioner", "eval"):
+        if section in values and not isinstance(values[section], Mapping):
+            raise HybridcapError(f"invalid value {values[section]!r} for {section}: expected a [{section}] table")
+    eval_values = values.get("eval", {})
+    if isinstance(eval_values.get("metrics"), str):
+        # --set eval.metrics=bleu_4,cider arrives as one string; a TOML file gives a list.
+        values["eval"] = {**eval_values, "metrics": [eval_values["metrics"]]}
     for section, config_class in (("data", DataStage), ("eval", EvalStage)):
         _check_stage_keys(section, values.get(section, {}), config_class)
     _check_stage_keys("gan", values.get("gan", {}), GanConfig)
@@ -207,6 +268,11 @@ def resolve_config(
         raise HybridcapError("give at most one data source: url, archive or directory")
     if config.eval.splits not in ("val", "test", "both"):
         raise HybridcapError(f"invalid eval splits {config.eval.splits!r}; use val, test or both")
+    if config.eval.beam_size < 1:
+        raise HybridcapError(f"invalid eval beam_size {config.eval.beam_size}; use 1 or more")
+    if config.eval.tokenizer not in [choice.value for choice in Tokenizer]:
+        raise HybridcapError(f"invalid eval tokenizer {config.eval.tokenizer!r}; use ptb or simple")
+    config.eval.metrics = list(parse_metric_names(config.eval.metrics))
     return config
 
 
@@ -250,6 +316,23 @@ def _needs_restart(previous: Mapping[str, Any] | None, current: Mapping[str, Any
     return any(not _same_json(previous.get(key), current.get(key)) for key in set(previous) | set(current) if key != "epochs")
 
 
+def _metrics_match(path: Path, evaluation: EvalStage, splits: list[str]) -> bool:
+    """Return whether ``metrics.json`` exists and was made with these evaluation options.
+
+    A standalone ``hybridcap eval`` on the same run rewrites the file with its own options; the
+    pipeline must then evaluate again rather than report those results as its own.
+    """
+    if not path.is_file():
+        return False
+    metrics = read_json(path)
+    return (
+        metrics.get("beam_size") == evaluation.beam_size
+        and list(metrics.get("metrics", [])) == list(evaluation.metrics)
+        and metrics.get("tokenizer") == evaluation.tokenizer
+        and sorted(metrics.get("splits", {})) == sorted(splits)
+    )
+
+
 def _same_json(left: Any, right: Any) -> bool:
     return json.dumps(left, sort_keys=True, default=str) == json.dumps(right, sort_keys=True, default=str)
 
@@ -268,10 +351,13 @@ def run_pipeline(
     stage raises for bad input.
     """
     from hybridcap.datasets import default_data_root, prepare_cifar100
+    from hybridcap.metrics.captioning import require_java
+    from hybridcap.metrics.java import JavaNotFoundError
     from hybridcap.training.captioner import CaptionerConfig, train_captioner
-    from hybridcap.metrics.captioning import METRIC_NAMES
+    from hybridcap.training.captioner import validate_config as validate_captioner_config
     from hybridcap.training.evaluation import evaluate_run
     from hybridcap.training.gan import GanConfig, train_gan
+    from hybridcap.training.gan import validate_config as validate_gan_config
 
     reporter = reporter or PipelineReporter()
     out = Path(config.out)
@@ -280,6 +366,35 @@ def run_pipeline(
     captioner_dir = out / "captioner"
     pipeline_file = out / "pipeline.json"
     stages_file = out / "stages.json"
+
+    # Check every stage's options, Java and a local CLIP weights file before the first stage
+    # runs, so a typo in the last stage cannot cost a GAN training.
+    gan_config = GanConfig(
+        **{**config.gan, "data_root": str(data_root), "out": str(gan_dir), "seed": config.seed, "device": config.device, "precision": config.precision}
+    )
+    validate_gan_config(gan_config)
+    captioner_config = CaptionerConfig(
+        **{
+            **config.captioner,
+            "data_root": str(data_root),
+            "out": str(captioner_dir),
+            "gan_run": str(gan_dir),
+            "seed": config.seed,
+            "device": config.device,
+            "precision": config.precision,
+        }
+    )
+    validate_captioner_config(captioner_config)
+    if captioner_config.clip_weights and not Path(captioner_config.clip_weights).is_file():
+        raise HybridcapError(f"CLIP weights file {captioner_config.clip_weights} not found; pass an existing --clip-weights file")
+    try:
+        require_java(config.eval.metrics, config.eval.tokenizer)
+    except JavaNotFoundError as error:
+        without_meteor = ",".join(name for name in config.eval.metrics if name != "meteor")
+        raise JavaNotFoundError(
+            "java was not found on PATH, but the evaluation stage needs it for METEOR and the PTB tokenizer; install a "
+            f"Java runtime, or pass --set eval.tokenizer=simple --set eval.metrics={without_meteor or 'bleu_4'}"
+        ) from error
 
     if fresh and stages_file.exists():
         stages_file.unlink()
@@ -334,27 +449,12 @@ def run_pipeline(
     # prepare_cifar100 is a no-op when the folder already matches, so the data stage always runs.
     run_stage("data", data_config, False, prepare)
 
-    gan_config = GanConfig(
-        **{**config.gan, "data_root": str(data_root), "out": str(gan_dir), "seed": config.seed, "device": config.device, "precision": config.precision}
-    )
-
     def train_gan_stage(restart: bool) -> bool:
         train_gan(gan_config, reporter=reporter, fresh=restart)
         return True
 
     run_stage("gan", gan_config.to_dict(), (gan_dir / "discriminator.safetensors").exists(), train_gan_stage)
 
-    captioner_config = CaptionerConfig(
-        **{
-            **config.captioner,
-            "data_root": str(data_root),
-            "out": str(captioner_dir),
-            "gan_run": str(gan_dir),
-            "seed": config.seed,
-            "device": config.device,
-            "precision": config.precision,
-        }
-    )
     uses_random_text_tower = captioner_config.clip_pretrained == "none" and not captioner_config.clip_weights
     if uses_random_text_tower and captioner_config.contrastive_weight > 0 and clip_warning is not None:
         clip_warning("the CLIP text encoder is randomly initialised (--clip-pretrained none): the contrastive loss aligns images with random text embeddings, not with CLIP's")
@@ -373,7 +473,8 @@ def run_pipeline(
             captioner_dir,
             splits=splits,
             beam_size=config.eval.beam_size,
-            metrics=config.eval.metrics or METRIC_NAMES,
+            metrics=config.eval.metrics,
+            tokenizer=config.eval.tokenizer,
             device=config.device,
             precision=config.precision,
             seed=config.seed,
@@ -381,7 +482,7 @@ def run_pipeline(
         )
         return True
 
-    run_stage("eval", eval_record, (captioner_dir / "metrics.json").exists(), evaluate)
+    run_stage("eval", eval_record, _metrics_match(captioner_dir / "metrics.json", config.eval, splits), evaluate)
     metrics = read_json(captioner_dir / "metrics.json")
 
     gallery = out / "caption_gallery.png"
