@@ -17,6 +17,19 @@ from cifar_factory import write_cifar100_archive  # noqa: E402
 REAL_ARCHIVE = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar-100-python.tar.gz").resolve()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    # Every test runs on one torch thread. The test networks are tiny, and on a shared 2-core
+    # machine a second intra-op thread mostly waits for other processes, which made the GAN and
+    # captioner tests ten to twenty times slower.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def generated_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generated archive with 100 classes, 6 training and 2 test images per class."""
@@ -50,18 +63,6 @@ def random_text_encoder():
 
 
 # --- captioner fixtures: 10 classes, a real tiny GAN run, a shared caption embedding cache ----
-
-
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    # The test networks are tiny. On a shared 2-core machine a second intra-op thread mostly
-    # waits for other processes, which made the captioner tests about ten times slower.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

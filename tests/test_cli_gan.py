@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
 from typer.testing import CliRunner
 
 from hybridcap.cli.gan import train_gan_command
@@ -17,19 +15,6 @@ from hybridcap.cli.main import app
 from hybridcap.training.gan import GanConfig
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run these tiny networks on one CPU thread.
-
-    With two threads, OpenMP workers spin while waiting for each other, and on a machine shared
-    with other jobs this made the tests about 20 times slower.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_arguments(prepared_root: Path, out: Path) -> list[str]:

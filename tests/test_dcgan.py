@@ -13,19 +13,6 @@ from hybridcap.networks.dcgan import DcganConfig, Discriminator, Generator, init
 TINY = DcganConfig(latent_dim=16, width=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run these tiny networks on one CPU thread.
-
-    With two threads, OpenMP workers spin while waiting for each other, and on a machine shared
-    with other jobs this made the tests about 20 times slower.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_generator_output_shape_and_range() -> None:
     generator = Generator(TINY)
     images = generator(torch.randn(5, TINY.latent_dim))

@@ -22,19 +22,6 @@ from hybridcap.training.reporting import TrainingReporter
 STEPS_PER_EPOCH = 15
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Run these tiny networks on one CPU thread.
-
-    With two threads, OpenMP workers spin while waiting for each other, and on a machine shared
-    with other jobs this made the tests about 20 times slower.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_config(prepared_root: Path, out: Path, **changes) -> GanConfig:
     config = GanConfig(
         data_root=str(prepared_root),
