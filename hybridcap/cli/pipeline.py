@@ -90,7 +90,9 @@ def run_command(
             state = "already done, skipped" if skipped else f"done in {seconds:.0f} s"
             console.print(f"{stage}: {state}")
 
-    result = run_pipeline(pipeline_config, reporter=StageReporter(), fresh=fresh, clip_warning=warn)
+    # The context manager removes a live progress bar when a stage raises mid-epoch.
+    with StageReporter() as reporter:
+        result = run_pipeline(pipeline_config, reporter=reporter, fresh=fresh, clip_warning=warn)
     _print_summary(result)
 
 
