@@ -88,12 +88,17 @@ def save_weights(
     Tensors are made contiguous and moved to the CPU first. ``config`` must be JSON-serialisable;
     it is what a loader needs to rebuild the network before loading the weights.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     cpu_tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in tensors.items()}
     metadata = {CONFIG_METADATA_KEY: json.dumps(dict(config or {}), sort_keys=True)}
     with atomic_path(path) as temporary:
-        save_file(cpu_tensors, str(temporary), metadata=metadata)
+        try:
+            save_file(cpu_tensors, str(temporary), metadata=metadata)
+        except SafetensorError as error:
+            # safetensors reports a full disk or a write failure as its own error type, not OSError.
+            raise HybridcapError(f"cannot write {path}: {error}; free some disk space or choose another folder") from error
 
 
 def load_weights(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
