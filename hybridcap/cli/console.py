@@ -43,7 +43,7 @@ def handle_errors(command: F) -> F:
         except HybridcapError as error:
             raise fail(str(error)) from None
         except KeyboardInterrupt:
-            raise fail("interrupted; re-run the same command to resume from the last checkpoint", exit_code=130) from None
+            raise fail("interrupted; training commands resume from their last checkpoint when run again", exit_code=130) from None
         except MemoryError:
             raise fail("out of memory; try a smaller --batch-size") from None
         except OSError as error:
