@@ -2,7 +2,7 @@
 
 
 class HybridcapError(Exception):
-    """An error caused by the user's input or environment, with a message that says what to do.
+    """An error caused by the user's input or environment, with a message that tells the fix.
 
     The CLI prints the message as one line on stderr and exits with a non-zero code.
     Programming errors should stay ordinary exceptions so they keep their traceback.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -53,7 +52,3 @@ def handle_errors(command: F) -> F:
             raise fail(str(error)) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()

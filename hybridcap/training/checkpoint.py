@@ -24,7 +24,7 @@ STATE_FORMAT_VERSION = 1
 
 @dataclass
 class TrainingState:
-    """What ``load_training_state`` returns besides the weights it loads in place.
+    """Counters and config that ``load_training_state`` returns beside the weights it loads in place.
 
     Attributes:
         counters: JSON values the trainer saved, e.g. epoch, global step, best validation loss.
@@ -61,8 +61,8 @@ def save_training_state(
 ) -> None:
     """Write modules, optimisers, random generators, counters and config to one safetensors file.
 
-    ``generators`` are the ``torch.Generator`` objects the trainer draws all its randomness from;
-    the global CPU RNG state is stored too, so code that uses it resumes identically.
+    ``generators`` are the ``torch.Generator`` objects the trainer draws all its randomness from.
+    The global CPU RNG state is stored too, so code that uses it resumes identically.
     """
     tensors: dict[str, torch.Tensor] = {}
     for name, module in modules.items():

@@ -37,8 +37,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-STAGES = ("data", "gan", "captioner", "eval")
-
 # Fields that the pipeline sets itself, so a config file must not set them per stage.
 _LINKED_FIELDS = {
     "gan": {"data_root", "out", "seed", "device", "precision"},
@@ -319,7 +317,7 @@ def _needs_restart(previous: Mapping[str, Any] | None, current: Mapping[str, Any
 def _metrics_match(path: Path, evaluation: EvalStage, splits: list[str]) -> bool:
     """Return whether ``metrics.json`` exists and was made with these evaluation options.
 
-    A standalone ``hybridcap eval`` on the same run rewrites the file with its own options; the
+    A standalone ``hybridcap eval`` on the same run rewrites the file with its own options. The
     pipeline must then evaluate again rather than report those results as its own.
     """
     if not path.is_file():

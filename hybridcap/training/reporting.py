@@ -22,7 +22,7 @@ class TrainingReporter:
         """Called after an epoch (and its validation, if any) with the epoch's named averages."""
 
     def info(self, message: str) -> None:
-        """A one-line log message, e.g. the per-epoch summary or a resume notice."""
+        """Receive a one-line log message, e.g. the per-epoch summary or a resume notice."""
 
     def warning(self, message: str) -> None:
-        """A one-line warning, e.g. a suspected mode collapse."""
+        """Receive a one-line warning, e.g. a suspected mode collapse."""
