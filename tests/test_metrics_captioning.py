@@ -23,6 +23,7 @@ from hybridcap.metrics.captioning import (
     sanitize_caption,
     score_captions,
 )
+from hybridcap.metrics import java as java_module
 from hybridcap.metrics.java import MeteorProcess, find_java, run_ptb_tokenizer
 
 pytestmark = pytest.mark.skipif(find_java() is None, reason="needs Java for METEOR and the PTB tokenizer")
@@ -256,6 +257,17 @@ def test_meteor_crash_reports_exit_code(tmp_path):
         with pytest.raises(ScorerError, match="exit code 3: Error: could not reserve heap"):
             meteor.statistics([("a cat", ["a cat"])])
     assert meteor.meteor_p.poll() == 3
+
+
+def test_meteor_closed_output_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(java_module, "METEOR_EXIT_WAIT_S", 0.2)
+    fake_java = tmp_path / "java"
+    fake_java.write_text("#!/bin/sh\nexec >&-\necho 'Error: output closed' >&2\nsleep 30\n")
+    fake_java.chmod(fake_java.stat().st_mode | stat.S_IXUSR)
+    with MeteorProcess(str(fake_java)) as meteor:
+        with pytest.raises(ScorerError, match="METEOR closed its output but is still running: Error: output closed"):
+            meteor.statistics([("a cat", ["a cat"])])
+    assert meteor.meteor_p.poll() is not None
 
 
 def test_parse_metric_names_forms():

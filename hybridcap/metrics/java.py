@@ -27,6 +27,8 @@ from hybridcap.errors import HybridcapError
 METEOR_STARTUP_TIMEOUT_S = 180.0
 TOKENIZER_BASE_TIMEOUT_S = 120.0
 SECONDS_PER_LINE_ALLOWED = 0.01
+# Seconds a METEOR process that closed its output gets to exit, so that its exit code can be reported.
+METEOR_EXIT_WAIT_S = 5.0
 
 
 class ScorerError(HybridcapError):
@@ -203,9 +205,18 @@ class MeteorProcess(Meteor):
         if watchdog.fired:
             self.close()
             return ScorerError(f"METEOR timed out after {timeout_s:.0f} s; rerun without meteor in --metrics to skip it")
-        return_code = self.meteor_p.poll()
+        # End of output can arrive a moment before the process has exited, so poll() alone may
+        # still see it running.
+        try:
+            return_code = self.meteor_p.wait(timeout=METEOR_EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            return_code = None
         self.close()
-        return ScorerError(f"METEOR stopped with exit code {return_code}: {self._last_stderr}; rerun without meteor in --metrics to skip it")
+        if return_code is None:
+            failure = "closed its output but is still running"
+        else:
+            failure = f"stopped with exit code {return_code}"
+        return ScorerError(f"METEOR {failure}: {self._last_stderr}; rerun without meteor in --metrics to skip it")
 
     def close(self) -> None:
         """Stop the Java process. Calling it again does nothing."""
