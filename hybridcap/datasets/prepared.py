@@ -7,6 +7,7 @@ before it writes anything else and writes it last, so an interrupted run leaves 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ class PreparedCifar100:
         self.captions = captions
         self.vocabulary = vocabulary
         self._splits: dict[str, ImageSplit] = {}
+        self._split_digest: str | None = None
 
     def split(self, name: str) -> ImageSplit:
         """Return the ``"train"``, ``"val"`` or ``"test"`` split.
@@ -82,6 +84,37 @@ class PreparedCifar100:
         if name not in self._splits:
             self._splits[name] = self._read_split(name)
         return self._splits[name]
+
+    def split_digest(self) -> str:
+        """Return a short hash of which official training images went to the train and val splits.
+
+        Runs record it, so that resuming or evaluating on a folder rebuilt with another
+        ``--val-per-class`` or ``--seed`` is detected: its validation split may then contain
+        images the run trained on. The test split is always the whole official test set.
+
+        Raises:
+            DataError: when the images file cannot be read.
+        """
+        if self._split_digest is None:
+            from safetensors import SafetensorError, safe_open
+
+            path = self.root / IMAGES_FILE
+            digest = hashlib.sha256()
+            try:
+                with safe_open(str(path), framework="pt") as file:
+                    for name in ("train", "val"):
+                        indices = file.get_tensor(f"{name}_source_indices").to(torch.int64).contiguous()
+                        digest.update(f"{name}:{indices.numel()}:".encode())
+                        digest.update(indices.numpy().tobytes())
+            except (SafetensorError, OSError, ValueError, KeyError) as error:
+                raise DataError(f"cannot read the split indices from {path} ({error}); run `hybridcap data --root {self.root} --force`") from error
+            self._split_digest = digest.hexdigest()[:16]
+        return self._split_digest
+
+    def split_record(self) -> dict[str, Any]:
+        """Return what a run records about this folder's split: its digest and the options that made it."""
+        options = self.manifest.get("options", {})
+        return {"digest": self.split_digest(), "val_per_class": options.get("val_per_class"), "seed": options.get("seed")}
 
     def _read_split(self, name: str) -> ImageSplit:
         from safetensors import SafetensorError, safe_open

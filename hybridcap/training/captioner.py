@@ -51,7 +51,7 @@ from hybridcap.training.inference import (
     class_accuracy,
 )
 from hybridcap.training.reporting import TrainingReporter
-from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, saved_config_to_resume
+from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, saved_config_to_resume, split_change
 
 
 # Fraction of all steps over which the learning rates rise linearly from 0 before the cosine decay.
@@ -243,6 +243,26 @@ def _load_gan_trunk(gan_run: Path, device: torch.device) -> DiscriminatorTrunk:
     return DiscriminatorTrunk(discriminator)
 
 
+def _warn_if_gan_split_differs(gan_run: Path, data: PreparedCifar100, reporter: TrainingReporter) -> None:
+    """Warn when the GAN run recorded another train/validation split than ``data`` has.
+
+    Only a warning: the GAN never saw labels, but its features may fit the images that moved into
+    the validation split better than unseen ones.
+    """
+    from hybridcap.training.gan import STATE_FILE as GAN_STATE_FILE
+
+    gan_state = gan_run / GAN_STATE_FILE
+    if not gan_state.is_file():
+        return
+    try:
+        recorded = _read_state_counters(gan_state).get("data_split")
+    except RunFolderError:
+        return  # the discriminator loaded, and only its state file is unreadable
+    change = split_change(recorded, data)
+    if change is not None:
+        reporter.warning(f"the GAN run {gan_run} was trained on another split, so validation figures may be optimistic: {change}")
+
+
 def _remove_run_files(run_dir: Path) -> None:
     """Delete an earlier run's files, the training state first, so a kill cannot resume a half-deleted run.
 
@@ -301,6 +321,7 @@ class _CaptionerTrainer:
         self.run_dir = Path(config.out)
         self.precision = Precision(config.precision)
         self.fine_names = data.fine_names
+        self.data_split = data.split_record()
 
         train = data.split("train")
         validation = data.split("val")
@@ -381,6 +402,7 @@ class _CaptionerTrainer:
             "global_step": self.global_step,
             **validation,
             "training": self.config.to_dict(),
+            "data_split": self.data_split,
         }
 
     def load(self) -> None:
@@ -416,6 +438,7 @@ class _CaptionerTrainer:
             "epoch_logged_steps": self.epoch_logged_steps,
             "best": self.best,
             "dcgan": self.dcgan_config.to_dict(),
+            "data_split": self.data_split,
         }
         save_training_state(self.run_dir / STATE_FILE, config=self.config.to_dict(), counters=counters, **self._state_parts())
         self.saved_step = self.global_step
@@ -674,8 +697,12 @@ def train_captioner(
     if len(data.split("val")) == 0:
         raise DataError(f"the validation split in {config.data_root} is empty, so no checkpoint could be selected; run `hybridcap data --root {config.data_root} --val-per-class 50 --force`")
     trunk = _load_gan_trunk(Path(config.gan_run), device)
+    _warn_if_gan_split_differs(Path(config.gan_run), data, reporter)
     if resume:
         _check_same_gan_width(run_dir, trunk)
+        change = split_change(_read_state_counters(run_dir / STATE_FILE).get("data_split"), data)
+        if change is not None:
+            raise RunFolderError(f"cannot resume {run_dir}: {change}, or pass --fresh to start over")
 
     if fresh:
         _remove_run_files(run_dir)

@@ -41,6 +41,7 @@ from hybridcap.io import atomic_write_json, atomic_write_text
 from hybridcap.metrics.accuracy import ClassNameMatcher, caption_accuracy
 from hybridcap.metrics.captioning import METRIC_NAMES, CaptionScorer, CaptionScores, Tokenizer
 from hybridcap.training.reporting import TrainingReporter
+from hybridcap.training.run_folder import split_change
 
 EVALUATION_SPLITS = ("val", "test")
 METRICS_FILE = "metrics.json"
@@ -156,6 +157,12 @@ def evaluate_run(
         loaded = load_captioner(run_dir, checkpoint="best", device=torch_device)
         data = load_prepared(Path(data_root) if data_root is not None else _data_root_of(loaded.config, run_dir))
         _check_same_classes(loaded.fine_names, data.fine_names, run_dir, data.root)
+        if "val" in splits:
+            # The test split is the whole official test set however the folder was split, so only
+            # validation scores can include images the run trained on.
+            change = split_change(loaded.config.get("data_split"), data)
+            if change is not None:
+                raise RunFolderError(f"cannot score the val split of {run_dir}: {change}, or pass --split test")
         references_by_class = [list(class_captions) for class_captions in loaded.captions]
 
         generated: dict[str, tuple[list[str], list[int], float]] = {}

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from hybridcap.datasets import default_data_root, load_prepared
+from hybridcap.datasets import PreparedCifar100, default_data_root, load_prepared
 from hybridcap.device import DeviceChoice, Precision, resolve_device
 from hybridcap.errors import DataError, HybridcapError, RunFolderError, TrainingDivergedError
 from hybridcap.io import atomic_write_json, atomic_write_text, load_weights, save_weights
@@ -42,7 +42,7 @@ from hybridcap.training.gan_step import (
 )
 from hybridcap.training.plots import save_loss_curve, save_sample_grid
 from hybridcap.training.reporting import TrainingReporter
-from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, saved_config_to_resume
+from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, saved_config_to_resume, split_change
 
 CONFIG_FILE = "config.json"
 GENERATOR_FILE = "generator.safetensors"
@@ -197,13 +197,14 @@ def _build_networks(config: GanConfig, device: torch.device) -> tuple[Generator,
 class _GanTrainer:
     """Networks, optimisers, counters and run-folder writes of one ``train_gan`` call."""
 
-    def __init__(self, config: GanConfig, device: torch.device, images: torch.Tensor, reporter: TrainingReporter) -> None:
+    def __init__(self, config: GanConfig, device: torch.device, data: PreparedCifar100, reporter: TrainingReporter) -> None:
         self.config = config
         self.device = device
         self.reporter = reporter
         self.run_dir = Path(config.out)
-        self.images = images.to(device)  # (N, 3, 32, 32) uint8, the whole training split
-        self.steps_per_epoch = images.shape[0] // config.batch_size
+        self.data = data
+        self.images = data.split("train").images.to(device)  # (N, 3, 32, 32) uint8, the whole training split
+        self.steps_per_epoch = self.images.shape[0] // config.batch_size
 
         self.generator, self.discriminator = _build_networks(config, device)
         adam_options = {"lr": config.learning_rate, "betas": tuple(config.adam_betas)}
@@ -258,6 +259,9 @@ class _GanTrainer:
             raise RunFolderError(
                 f"invalid training counters in {self.run_dir / STATE_FILE} ({error!r}); pass --fresh to start over"
             ) from error
+        change = split_change(counters.get("data_split"), self.data)
+        if change is not None:
+            raise RunFolderError(f"cannot resume {self.run_dir}: {change}, or pass --fresh to start over")
         if counters.get("steps_per_epoch") != self.steps_per_epoch:
             raise RunFolderError(
                 f"cannot resume {self.run_dir}: it has {counters.get('steps_per_epoch')} steps per epoch but the "
@@ -287,6 +291,7 @@ class _GanTrainer:
             "steps_per_epoch": self.steps_per_epoch,
             "epoch_sums": self.epoch_sums,
             "epoch_logged_steps": self.epoch_logged_steps,
+            "data_split": self.data.split_record(),
         }
         save_training_state(self.run_dir / STATE_FILE, config=self.config.to_dict(), counters=counters, **self._state_parts())
         self.saved_step = self.global_step
@@ -423,14 +428,15 @@ def train_gan(config: GanConfig, *, reporter: TrainingReporter | None = None, fr
     device = resolve_device(config.device)
 
     saved_config = None if fresh else saved_config_to_resume(run_dir, STATE_FILE, CONFIG_FILE, config.to_dict(), RESUME_KEYS)
-    images = load_prepared(config.data_root).split("train").images  # (N, 3, 32, 32) uint8
+    data = load_prepared(config.data_root)
+    images = data.split("train").images  # (N, 3, 32, 32) uint8
     if images.shape[0] < config.batch_size:
         raise DataError(
             f"the training split in {config.data_root} has {images.shape[0]} images, fewer than one batch of "
             f"{config.batch_size}; lower --batch-size"
         )
 
-    trainer = _GanTrainer(config, device, images, reporter)
+    trainer = _GanTrainer(config, device, data, reporter)
     if saved_config is not None:
         trainer.load()
         reporter.info(
