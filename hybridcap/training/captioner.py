@@ -51,7 +51,7 @@ from hybridcap.training.inference import (
     class_accuracy,
 )
 from hybridcap.training.reporting import TrainingReporter
-from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, saved_config_to_resume, split_change
+from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, reject_other_run_folder, saved_config_to_resume, split_change
 
 
 # Fraction of all steps over which the learning rates rise linearly from 0 before the cosine decay.
@@ -689,6 +689,7 @@ def train_captioner(
     run_dir = Path(config.out)
     device = resolve_device(config.device)
 
+    reject_other_run_folder(run_dir, "captioner run")
     resume = False if fresh else saved_config_to_resume(run_dir, STATE_FILE, CONFIG_FILE, config.to_dict(), RESUME_KEYS) is not None
     data = load_prepared(config.data_root)
     train_count = len(data.split("train"))

@@ -42,7 +42,7 @@ from hybridcap.training.gan_step import (
 )
 from hybridcap.training.plots import save_loss_curve, save_sample_grid
 from hybridcap.training.reporting import TrainingReporter
-from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, saved_config_to_resume, split_change
+from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, reject_other_run_folder, saved_config_to_resume, split_change
 
 CONFIG_FILE = "config.json"
 GENERATOR_FILE = "generator.safetensors"
@@ -427,6 +427,7 @@ def train_gan(config: GanConfig, *, reporter: TrainingReporter | None = None, fr
     run_dir = Path(config.out)
     device = resolve_device(config.device)
 
+    reject_other_run_folder(run_dir, "GAN run")
     saved_config = None if fresh else saved_config_to_resume(run_dir, STATE_FILE, CONFIG_FILE, config.to_dict(), RESUME_KEYS)
     data = load_prepared(config.data_root)
     images = data.split("train").images  # (N, 3, 32, 32) uint8

@@ -356,6 +356,7 @@ def run_pipeline(
     from hybridcap.training.evaluation import evaluate_run
     from hybridcap.training.gan import GanConfig, train_gan
     from hybridcap.training.gan import validate_config as validate_gan_config
+    from hybridcap.training.run_folder import reject_other_run_folder
 
     reporter = reporter or PipelineReporter()
     out = Path(config.out)
@@ -394,6 +395,7 @@ def run_pipeline(
             f"Java runtime, or pass --set eval.tokenizer=simple --set eval.metrics={without_meteor or 'bleu_4'}"
         ) from error
 
+    reject_other_run_folder(out, "experiment")
     if fresh and stages_file.exists():
         stages_file.unlink()
     atomic_write_json(pipeline_file, config.to_dict())

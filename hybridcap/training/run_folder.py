@@ -20,6 +20,26 @@ from hybridcap.io import read_json
 from hybridcap.training.checkpoint import describe_config_difference
 
 
+# Files that only one kind of output folder contains. Both trainers write config.json and
+# training_state.safetensors, so a trainer pointed at the other's folder would replace them.
+RUN_FOLDER_SIGNATURES = {
+    "GAN run": ("generator.safetensors", "discriminator.safetensors"),
+    "captioner run": ("best.safetensors", "last.safetensors", "vocabulary.json"),
+    "experiment": ("pipeline.json", "stages.json"),
+}
+
+
+def reject_other_run_folder(run_dir: Path, kind: str) -> None:
+    """Raise RunFolderError when ``run_dir`` belongs to another kind than ``kind``, a key of RUN_FOLDER_SIGNATURES."""
+    for other_kind, names in RUN_FOLDER_SIGNATURES.items():
+        if other_kind == kind:
+            continue
+        found = [name for name in names if (run_dir / name).exists()]
+        if found:
+            article = "an" if kind[0] in "aeiou" else "a"
+            raise RunFolderError(f"{run_dir} is an existing {other_kind} folder (it has {found[0]}), not {article} {kind} folder; choose another --out")
+
+
 def derived_seed(seed: int, purpose: int, *values: int) -> int:
     """Return an independent 64-bit seed for one use (``purpose``) of the run seed, e.g. per epoch."""
     return int(numpy.random.SeedSequence([seed, purpose, *values]).generate_state(1, dtype=numpy.uint64)[0])

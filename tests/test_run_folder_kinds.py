@@ -1,0 +1,82 @@
+"""Each trainer rejects another kind's output folder, even with --fresh, so it cannot overwrite it."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hybridcap.cli.main import app
+from hybridcap.training import gan, inference
+from hybridcap.training.run_folder import RUN_FOLDER_SIGNATURES
+
+runner = CliRunner()
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """Map each file under ``folder`` to the SHA-256 of its bytes."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def gan_arguments(data: Path, out: Path) -> list[str]:
+    return ["train-gan", "--data-root", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "32", "--width", "8", "--latent-dim", "16", "--device", "cpu"]
+
+
+def captioner_arguments(data: Path, gan_run: Path, out: Path) -> list[str]:
+    options = ["--data-root", str(data), "--gan", str(gan_run), "--out", str(out), "--epochs", "1", "--batch-size", "32"]
+    return ["train-captioner", *options, "--contrastive-weight", "0", "--device", "cpu"]
+
+
+def test_signatures_match_trainer_file_names() -> None:
+    assert RUN_FOLDER_SIGNATURES["GAN run"] == (gan.GENERATOR_FILE, gan.DISCRIMINATOR_FILE)
+    assert RUN_FOLDER_SIGNATURES["captioner run"] == (inference.BEST_FILE, inference.LAST_FILE, inference.VOCABULARY_FILE)
+
+
+@pytest.mark.parametrize("fresh", [[], ["--fresh"]])
+def test_train_gan_rejects_captioner_folder(tiny_captioner_run: Path, prepared_root: Path, tmp_path: Path, fresh: list[str]) -> None:
+    run_dir = Path(shutil.copytree(tiny_captioner_run, tmp_path / "captioner"))
+    before = file_hashes(run_dir)
+
+    result = runner.invoke(app, [*gan_arguments(prepared_root, run_dir), *fresh])
+
+    assert result.exit_code == 1
+    assert f"{run_dir} is an existing captioner run folder (it has best.safetensors), not a GAN run folder; choose another --out" in result.stderr
+    assert file_hashes(run_dir) == before
+
+
+@pytest.mark.parametrize("fresh", [[], ["--fresh"]])
+def test_train_captioner_rejects_gan_folder(tiny_captioner_run: Path, prepared_root: Path, tmp_path: Path, fresh: list[str]) -> None:
+    gan_run = Path(shutil.copytree(tiny_captioner_run.parent / "gan", tmp_path / "gan"))
+    before = file_hashes(gan_run)
+
+    result = runner.invoke(app, [*captioner_arguments(prepared_root, gan_run, gan_run), *fresh])
+
+    assert result.exit_code == 1
+    assert f"{gan_run} is an existing GAN run folder (it has generator.safetensors)" in result.stderr
+    assert file_hashes(gan_run) == before
+
+
+def test_train_gan_rejects_experiment_folder(prepared_root: Path, tmp_path: Path) -> None:
+    experiment = tmp_path / "experiment"
+    experiment.mkdir()
+    (experiment / "pipeline.json").write_text("{}")
+
+    result = runner.invoke(app, gan_arguments(prepared_root, experiment))
+
+    assert result.exit_code == 1
+    assert "is an existing experiment folder (it has pipeline.json)" in result.stderr
+    assert sorted(path.name for path in experiment.iterdir()) == ["pipeline.json"]
+
+
+def test_run_rejects_gan_folder(tiny_captioner_run: Path, tmp_path: Path) -> None:
+    gan_run = Path(shutil.copytree(tiny_captioner_run.parent / "gan", tmp_path / "gan"))
+    before = file_hashes(gan_run)
+
+    result = runner.invoke(app, ["run", "--archive", str(tmp_path / "missing.tar.gz"), "--root", str(tmp_path / "data"), "--out", str(gan_run), "--clip-pretrained", "none"])
+
+    assert result.exit_code == 1
+    assert f"{gan_run} is an existing GAN run folder (it has generator.safetensors), not an experiment folder" in result.stderr
+    assert file_hashes(gan_run) == before
