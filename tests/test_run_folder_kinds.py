@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from hybridcap.cli.main import app
@@ -80,3 +81,23 @@ def test_run_rejects_gan_folder(tiny_captioner_run: Path, tmp_path: Path) -> Non
     assert result.exit_code == 1
     assert f"{gan_run} is an existing GAN run folder (it has generator.safetensors), not an experiment folder" in result.stderr
     assert file_hashes(gan_run) == before
+
+
+def test_eval_experiment_folder_names_captioner(tiny_captioner_run: Path, tmp_path: Path) -> None:
+    experiment = tmp_path / "experiment"
+    shutil.copytree(tiny_captioner_run, experiment / "captioner")
+
+    result = runner.invoke(app, ["eval", str(experiment), "--tokenizer", "simple", "--metrics", "bleu_1"])
+
+    assert result.exit_code == 1
+    assert f"{experiment} is an experiment folder, not a captioner run folder; pass its captioner run {experiment / 'captioner'}" in result.stderr
+
+
+def test_caption_gan_folder_rejected(tiny_captioner_run: Path, tmp_path: Path) -> None:
+    image = tmp_path / "image.png"
+    Image.new("RGB", (32, 32), color=(200, 30, 30)).save(image)
+
+    result = runner.invoke(app, ["caption", str(image), "--run", str(tiny_captioner_run.parent / "gan")])
+
+    assert result.exit_code == 1
+    assert "is a GAN run folder, not a captioner run folder" in result.stderr
