@@ -72,7 +72,7 @@ def test_data_command_bad_inputs(tmp_path: Path, generated_archive: Path) -> Non
     broken.write_bytes(generated_archive.read_bytes()[:500])
     cases = [
         (["--archive", str(tmp_path / "absent.tar.gz")], "not found"),
-        (["--archive", str(broken)], "truncated or not a tar.gz file"),
+        (["--archive", str(broken)], "truncated, corrupt or not a tar.gz file"),
         (["--dir", str(tmp_path / "absent")], "not found"),
         (["--archive", str(generated_archive), "--val-per-class", "-1"], "--val-per-class must be 0 or more"),
         (["--archive", str(generated_archive), "--val-per-class", "6"], "too few to hold out 6"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from cifar_factory import cifar100_members, python2_pickle, write_cifar100_archive, write_members_archive
 
 from hybridcap.datasets import prepare_cifar100
+from hybridcap.datasets import cifar_source
 from hybridcap.datasets.cifar_source import read_cifar100_archive
 from hybridcap.errors import DataError
 
@@ -36,16 +38,64 @@ def test_prepare_truncated_archive(tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.tar.gz"
     truncated.write_bytes(data[: len(data) // 2])
 
-    with pytest.raises(DataError, match="truncated or not a tar.gz file"):
+    with pytest.raises(DataError, match="truncated, corrupt or not a tar.gz file"):
         prepare_cifar100(tmp_path / "root", archive=truncated, val_per_class=1)
     assert not (tmp_path / "root").exists()
+
+
+@pytest.mark.parametrize(
+    ("position", "expected"),
+    [
+        (0.5, "CRC check failed"),  # a damaged byte inside the compressed data
+        (-8, "CRC check failed"),  # the CRC-32 in the gzip trailer
+        (-2, "Incorrect length of data produced"),  # the length in the gzip trailer
+    ],
+)
+def test_prepare_corrupt_gzip(tmp_path: Path, position: float, expected: str) -> None:
+    archive = write_cifar100_archive(tmp_path / "full.tar.gz", train_per_class=2, test_per_class=1)
+    data = bytearray(archive.read_bytes())
+    index = int(len(data) * position) if isinstance(position, float) else position
+    data[index] ^= 0xFF
+    corrupt = tmp_path / "corrupt.tar.gz"
+    corrupt.write_bytes(bytes(data))
+
+    with pytest.raises(DataError) as caught:
+        prepare_cifar100(tmp_path / "root", archive=corrupt, val_per_class=1)
+
+    assert "truncated, corrupt or not a tar.gz file" in str(caught.value)
+    assert expected in str(caught.value)
+    assert not (tmp_path / "root").exists()
+
+
+def test_prepare_uncompressed_tar(tmp_path: Path) -> None:
+    archive = write_cifar100_archive(tmp_path / "full.tar.gz", train_per_class=2, test_per_class=1)
+    plain = tmp_path / "plain.tar"
+    plain.write_bytes(gzip.decompress(archive.read_bytes()))
+
+    result = prepare_cifar100(tmp_path / "root", archive=plain, val_per_class=1)
+
+    assert result.manifest["counts"]["train"]["images"] == 100
+
+
+def test_oversized_member_rejected_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    archive = write_cifar100_archive(tmp_path / "full.tar.gz", train_per_class=2, test_per_class=1)
+    with tarfile.open(archive) as opened:
+        opened.extractall(tmp_path / "extracted", filter="data")
+        train_size = opened.getmember("cifar-100-python/train").size
+    # The limit guards against files far larger than CIFAR-100; here it is lowered below the train file.
+    monkeypatch.setattr(cifar_source, "MAX_MEMBER_BYTES", train_size - 1)
+
+    with pytest.raises(DataError, match=rf"member cifar-100-python/train of {archive} is \d+ MB, larger than any CIFAR-100 file"):
+        read_cifar100_archive(archive)
+    with pytest.raises(DataError, match=r"cifar-100-python/train is \d+ MB, larger than any CIFAR-100 file"):
+        cifar_source.read_cifar100_folder(tmp_path / "extracted")
 
 
 def test_prepare_not_an_archive(tmp_path: Path) -> None:
     bogus = tmp_path / "bogus.tar.gz"
     bogus.write_bytes(b"<html>not found</html>")
 
-    with pytest.raises(DataError, match="truncated or not a tar.gz file"):
+    with pytest.raises(DataError, match="truncated, corrupt or not a tar.gz file"):
         prepare_cifar100(tmp_path / "root", archive=bogus)
 
 

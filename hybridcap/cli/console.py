@@ -44,7 +44,7 @@ def handle_errors(command: F) -> F:
         except KeyboardInterrupt:
             raise fail("interrupted; training commands resume from their last checkpoint when run again", exit_code=130) from None
         except MemoryError:
-            raise fail("out of memory; try a smaller --batch-size") from None
+            raise fail("out of memory; free some memory, or lower --batch-size when training") from None
         except OSError as error:
             # Disk full, permission denied and the like: the user can act on these without a traceback.
             if error.filename:
