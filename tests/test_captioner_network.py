@@ -45,6 +45,7 @@ def sequence_log_probability(model: Captioner, image: torch.Tensor, token_ids: l
     with torch.no_grad():
         logits = model(image[None], inputs)  # (1, T, V)
     logits[..., [model.config.pad_id, model.config.start_id]] = float("-inf")  # never generated
+    logits[0, 0, model.config.end_id] = float("-inf")  # captions are never empty
     log_probabilities = F.log_softmax(logits[0], dim=-1)
     return sum(log_probabilities[position, token].item() for position, token in enumerate(targets))
 
@@ -97,14 +98,14 @@ def test_captioner_beam_scores_are_sequence_log_probabilities():
 
 def test_captioner_wide_beam_is_exact():
     # Vocabulary of 5 ids (pad, start, end and two words), at most 3 generated tokens. After two
-    # steps there are 7 distinct beams (4 two-word prefixes, 3 ended captions), so a beam of 8
-    # keeps them all and its best beam is the best sequence overall.
+    # steps there are 6 distinct beams (4 two-word prefixes, 2 ended one-word captions), so a beam
+    # of 8 keeps them all and its best beam is the best sequence overall.
     model = tiny_captioner(vocabulary_size=5, max_caption_length=4)
     image = random_images(1)[0]
     model.eval()
 
     # Generation never emits padding (0) or start (1), so the words are 3 and 4 and the end is 2.
-    candidates = [(list(words), True) for length in range(3) for words in itertools.product([3, 4], repeat=length)]
+    candidates = [(list(words), True) for length in range(1, 3) for words in itertools.product([3, 4], repeat=length)]
     candidates += [(list(words), False) for words in itertools.product([3, 4], repeat=3)]
     best_tokens, best_ended = max(candidates, key=lambda candidate: sequence_log_probability(model, image, *candidate))
     best_score = sequence_log_probability(model, image, best_tokens, best_ended)
@@ -113,6 +114,20 @@ def test_captioner_wide_beam_is_exact():
 
     assert score == pytest.approx(best_score, abs=1e-4)
     assert tokens == best_tokens
+
+
+def test_captioner_never_generates_empty_caption():
+    model = tiny_captioner()
+    with torch.no_grad():
+        # An output bias this large makes the end token by far the likeliest at every step.
+        model.decoder.output.bias[model.config.end_id] = 50.0
+    images = random_images(4)
+
+    greedy = model.generate(images)
+    beams = model.generate_with_scores(images, beam_size=5, top_k=5)
+
+    assert all(len(caption) == 1 for caption in greedy)
+    assert all(len(tokens) == 1 for image_beams in beams for tokens, _ in image_beams)
 
 
 def test_captioner_generation_respects_length_limit():
