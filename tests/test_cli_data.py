@@ -28,6 +28,15 @@ def test_data_command_archive(tmp_path: Path, generated_archive: Path) -> None:
     assert len(load_prepared(root).split("test")) == 200
 
 
+def test_data_command_data_root_alias(tmp_path: Path, generated_archive: Path) -> None:
+    root = tmp_path / "root"
+
+    result = runner.invoke(app, ["data", "--archive", str(generated_archive), "--data-root", str(root), "--val-per-class", "1"])
+
+    assert result.exit_code == 0, result.output
+    assert len(load_prepared(root).split("train")) == 500
+
+
 def test_data_command_rerun_noop_and_force(tmp_path: Path, generated_archive: Path) -> None:
     arguments = ["data", "--archive", str(generated_archive), "--root", str(tmp_path / "root"), "--val-per-class", "1"]
     runner.invoke(app, arguments)

@@ -16,7 +16,7 @@ def data_command(
     url: Annotated[str | None, typer.Option("--url", help="Download the archive from this address instead of the official one.")] = None,
     archive: Annotated[Path | None, typer.Option("--archive", help="Read this local cifar-100-python.tar.gz instead of downloading.")] = None,
     directory: Annotated[Path | None, typer.Option("--dir", help="Read this extracted cifar-100-python folder instead of downloading.")] = None,
-    root: Annotated[Path | None, typer.Option("--root", help="Prepared-data folder; defaults to $XDG_CACHE_HOME/hybridcap/cifar100 or ~/.cache/hybridcap/cifar100.", show_default=False)] = None,
+    root: Annotated[Path | None, typer.Option("--root", "--data-root", help="Prepared-data folder; defaults to $XDG_CACHE_HOME/hybridcap/cifar100 or ~/.cache/hybridcap/cifar100.", show_default=False)] = None,
     val_per_class: Annotated[int, typer.Option("--val-per-class", help="Training images per fine class held out for validation.")] = 50,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random choice of validation images.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even when the folder contains data prepared with the same options.")] = False,

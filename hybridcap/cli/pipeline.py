@@ -41,7 +41,7 @@ def run_command(
     archive: Annotated[Optional[Path], typer.Option(help="Local cifar-100-python.tar.gz instead of downloading it.")] = None,
     directory: Annotated[Optional[Path], typer.Option("--dir", help="Extracted cifar-100-python folder instead of downloading.")] = None,
     url: Annotated[Optional[str], typer.Option(help="Download address of the CIFAR-100 archive.")] = None,
-    root: Annotated[Optional[Path], typer.Option(help="Prepared-data folder. [default: the user cache folder]")] = None,
+    root: Annotated[Optional[Path], typer.Option("--root", "--data-root", help="Prepared-data folder. [default: the user cache folder]")] = None,
     device: Annotated[Optional[DeviceChoice], typer.Option(help="Device for training and evaluation; auto picks CUDA, then MPS, then the CPU. [default: auto]")] = None,
     precision: Annotated[Optional[Precision], typer.Option(help="Training precision: fp32, or bf16 autocast. [default: the preset's, else fp32]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for the split, both trainers and the evaluation floor. [default: 0]")] = None,
