@@ -1,5 +1,4 @@
 import socket
-import time
 
 import pytest
 import torch
@@ -80,17 +79,23 @@ def test_text_encoder_unknown_tag():
         load_text_encoder(TextEncoderSpec(pretrained="nonsense"))
 
 
-def test_text_encoder_offline_fails_fast(tmp_path, monkeypatch):
+def test_text_encoder_offline_fails_without_network(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    started = time.perf_counter()
+    # A listening loopback socket as the hub: with HF_HUB_OFFLINE set, nothing may connect to it.
+    with socket.socket() as hub:
+        hub.bind(("127.0.0.1", 0))
+        hub.listen()
+        hub.setblocking(False)
+        port = hub.getsockname()[1]
 
-    with pytest.raises(HybridcapError, match="HF_HUB_OFFLINE is set.*--clip-weights PATH.*--clip-pretrained none"):
-        load_text_encoder(TextEncoderSpec(), hub_cache_dir=tmp_path)
+        with pytest.raises(HybridcapError, match="HF_HUB_OFFLINE is set.*--clip-weights PATH.*--clip-pretrained none"):
+            load_text_encoder(TextEncoderSpec(), hub_cache_dir=tmp_path, hub_endpoint=f"http://127.0.0.1:{port}")
 
-    assert time.perf_counter() - started < 5
+        with pytest.raises(BlockingIOError):
+            hub.accept()
 
 
-def test_text_encoder_unreachable_hub_fails_fast(tmp_path, monkeypatch):
+def test_text_encoder_unreachable_hub_raises(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     for variable in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(variable, raising=False)
@@ -98,12 +103,10 @@ def test_text_encoder_unreachable_hub_fails_fast(tmp_path, monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    started = time.perf_counter()
 
+    # The message shows that the probe, not a download with huggingface_hub's retries, gave up.
     with pytest.raises(HybridcapError, match=f"not cached and 127.0.0.1:{closed_port} is unreachable.*--clip-weights PATH"):
         load_text_encoder(TextEncoderSpec(), hub_cache_dir=tmp_path, hub_endpoint=f"http://127.0.0.1:{closed_port}")
-
-    assert time.perf_counter() - started < 5
 
 
 def test_caption_cache_embeds_each_caption_once(random_text_encoder, tmp_path):
