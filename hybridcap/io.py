@@ -1,6 +1,6 @@
 """Atomic file writes and safetensors weights that carry the config needed to rebuild them.
 
-Every file that hybridcap writes goes through a temporary file in the same folder and an
+Every file that hybridcap writes goes through a temporary file next to it and an
 ``os.replace``, so a killed process leaves either the old file or the new one, never half of one.
 Torch is imported inside the functions that need it, to keep ``hybridcap --help`` fast.
 """
@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import glob
+import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,34 +23,57 @@ if TYPE_CHECKING:
     import torch
 
 CONFIG_METADATA_KEY = "hybridcap_config"
+TEMPORARY_SUFFIX = ".tmp"
+PARTIAL_SUFFIX = ".partial"
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` and move it onto ``path`` when the block succeeds.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
-    Raises HybridcapError when the folder cannot be created or written.
+    The temporary path lies in a new hidden folder ``.<name>.<random>.tmp`` next to ``path``, so
+    that writers which make their own temporary files (safetensors 0.8 does) make them there too.
+    On any exception that folder is removed and ``path`` is left as it was; after a kill,
+    ``remove_stale_temporary_files`` removes it. Raises HybridcapError when the folder cannot be
+    created or written.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        temporary_folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent))
     except OSError as error:
         raise HybridcapError(f"cannot write to {path.parent}: {error.strerror or error}") from error
-    os.close(descriptor)
-    temporary = Path(temporary_name)
+    temporary = temporary_folder / path.name
     try:
         yield temporary
-        # mkstemp, and writers such as safetensors that recreate the file, leave it readable by
-        # its owner only; give it the permissions a plain open() would.
+        # Writers such as safetensors leave the file readable by its owner only; give it the
+        # permissions a plain open() would.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    finally:
+        shutil.rmtree(temporary_folder, ignore_errors=True)
+
+
+def remove_stale_temporary_files(folder: str | os.PathLike[str], names: Iterable[str]) -> list[Path]:
+    """Delete what killed writes of the files ``names`` left in ``folder`` and return the deleted paths.
+
+    That is the ``.<name>.<random>.tmp`` folders of ``atomic_path`` (files, in older versions)
+    and the ``.<name>.<random>.partial`` files of downloads. Call it only while no other process
+    writes those files.
+    """
+    folder = Path(folder)
+    removed = []
+    for name in names:
+        for suffix in (TEMPORARY_SUFFIX, PARTIAL_SUFFIX):
+            for stale in folder.glob(f".{glob.escape(name)}.*{suffix}"):
+                if stale.is_dir() and not stale.is_symlink():
+                    shutil.rmtree(stale, ignore_errors=True)
+                else:
+                    stale.unlink(missing_ok=True)
+                removed.append(stale)
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -237,6 +237,20 @@ def test_train_gan_fresh_starts_over(prepared_root: Path, tmp_path: Path) -> Non
     assert json.loads((tmp_path / "run" / "config.json").read_text())["width"] == 16
 
 
+def test_train_gan_removes_killed_write_leftovers(prepared_root: Path, tmp_path: Path) -> None:
+    config = tiny_config(prepared_root, tmp_path / "run", epochs=1)
+    train_gan(config)
+    # What a kill during a checkpoint leaves: atomic_path's folder with a partial file inside.
+    leftover = tmp_path / "run" / ".training_state.safetensors.k1ll3d.tmp"
+    leftover.mkdir()
+    (leftover / "training_state.safetensors").write_bytes(b"partial")
+
+    train_gan(dataclasses.replace(config, epochs=2))
+
+    assert not leftover.exists()
+    assert not list((tmp_path / "run").glob(".*"))
+
+
 def test_train_gan_missing_data_writes_nothing(tmp_path: Path) -> None:
     config = tiny_config(tmp_path / "no-data", tmp_path / "run")
     with pytest.raises(DataError):

@@ -35,7 +35,7 @@ from hybridcap.datasets.split import split_per_class
 from hybridcap.datasets.validation import Cifar100Arrays, LabelledImages, validate_cifar100
 from hybridcap.datasets.vocabulary import Vocabulary
 from hybridcap.errors import DataError
-from hybridcap.io import atomic_path, atomic_write_json
+from hybridcap.io import atomic_path, atomic_write_json, remove_stale_temporary_files
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 OFFICIAL_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
@@ -186,6 +186,7 @@ def _fetch(url: str, root: Path, expected_md5: str, progress: DownloadProgress |
         return destination
 
     created_root = not root.exists()
+    remove_stale_temporary_files(destination.parent, [name])
     try:
         return download_archive(url, destination, expected_md5=expected_md5, progress=progress)
     except BaseException:
@@ -232,7 +233,7 @@ def _write_folder(
     root.mkdir(parents=True, exist_ok=True)
     # Without a manifest the folder counts as incomplete until every file below is in place.
     (root / MANIFEST_FILE).unlink(missing_ok=True)
-    _remove_stale_temporary_files(root)
+    remove_stale_temporary_files(root, (*DATA_FILES, MANIFEST_FILE))
 
     tensors = {f"{split_name}_{key}": value for split_name, split in splits.items() for key, value in split.items()}
     with atomic_path(root / IMAGES_FILE) as temporary:
@@ -251,13 +252,6 @@ def _write_folder(
     atomic_write_json(root / CAPTIONS_FILE, {"captions": captions})
     atomic_write_json(root / VOCABULARY_FILE, vocabulary.to_dict())
     atomic_write_json(root / MANIFEST_FILE, manifest)
-
-
-def _remove_stale_temporary_files(root: Path) -> None:
-    # atomic_path names its temporary files ".<name>.<random>.tmp"; a killed run can leave them.
-    for name in (*DATA_FILES, MANIFEST_FILE):
-        for stale in root.glob(f".{name}.*.tmp"):
-            stale.unlink(missing_ok=True)
 
 
 def _remove_if_empty(folder: Path) -> None:

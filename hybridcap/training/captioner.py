@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from hybridcap.datasets import PreparedCifar100, default_data_root, load_prepared, normalize_images
 from hybridcap.device import DeviceChoice, Precision, autocast, resolve_device
 from hybridcap.errors import DataError, HybridcapError, RunFolderError, TrainingDivergedError
-from hybridcap.io import CONFIG_METADATA_KEY, atomic_write_json, atomic_write_text, save_weights
+from hybridcap.io import CONFIG_METADATA_KEY, atomic_write_json, atomic_write_text, remove_stale_temporary_files, save_weights
 from hybridcap.losses.contrastive import ClipContrastiveLoss
 from hybridcap.networks.captioner import Captioner, CaptionerNetworkConfig, DiscriminatorTrunk
 from hybridcap.networks.text_encoder import FrozenTextEncoder, TextEncoderSpec, cached_caption_embeddings
@@ -61,6 +61,10 @@ FINAL_LEARNING_RATE_FRACTION = 0.01
 # Gradients are clipped to this global norm, the usual guard against LSTM gradient spikes.
 MAX_GRADIENT_NORM = 1.0
 VALIDATION_BATCH_SIZE = 500
+
+# The run's own files, the training state first (see _remove_run_files). The caption embedding
+# cache is not among them because --fresh keeps it.
+RUN_FILES = (STATE_FILE, BEST_FILE, LAST_FILE, HISTORY_FILE, LOSS_CURVE_FILE, CONFIG_FILE, VOCABULARY_FILE, CAPTIONS_FILE)
 
 # Config keys that a resumed run must keep, because changing them would make the saved state
 # meaningless or the run's history inconsistent. Learning rates and weight decay may change, so
@@ -269,7 +273,7 @@ def _remove_run_files(run_dir: Path) -> None:
     The caption embedding cache stays: it is keyed by weights and caption text, so it is valid
     for any run.
     """
-    for name in [STATE_FILE, BEST_FILE, LAST_FILE, HISTORY_FILE, LOSS_CURVE_FILE, CONFIG_FILE, VOCABULARY_FILE, CAPTIONS_FILE]:
+    for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
 
 
@@ -690,6 +694,7 @@ def train_captioner(
     device = resolve_device(config.device)
 
     reject_other_run_folder(run_dir, "captioner run")
+    remove_stale_temporary_files(run_dir, (*RUN_FILES, TEXT_EMBEDDINGS_FILE))
     resume = False if fresh else saved_config_to_resume(run_dir, STATE_FILE, CONFIG_FILE, config.to_dict(), RESUME_KEYS) is not None
     data = load_prepared(config.data_root)
     train_count = len(data.split("train"))

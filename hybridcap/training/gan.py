@@ -29,7 +29,7 @@ import torch
 from hybridcap.datasets import PreparedCifar100, default_data_root, load_prepared
 from hybridcap.device import DeviceChoice, Precision, resolve_device
 from hybridcap.errors import DataError, HybridcapError, RunFolderError, TrainingDivergedError
-from hybridcap.io import atomic_write_json, atomic_write_text, load_weights, save_weights
+from hybridcap.io import atomic_write_json, atomic_write_text, load_weights, remove_stale_temporary_files, save_weights
 from hybridcap.networks.dcgan import DcganConfig, Discriminator, Generator, init_dcgan_weights
 from hybridcap.training.checkpoint import load_training_state, save_training_state
 from hybridcap.training.gan_step import (
@@ -51,6 +51,8 @@ STATE_FILE = "training_state.safetensors"
 LOSSES_FILE = "losses.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
 SAMPLES_FOLDER = "samples"
+# The run's top-level files, the training state first (see _remove_run_files).
+RUN_FILES = (STATE_FILE, GENERATOR_FILE, DISCRIMINATOR_FILE, LOSSES_FILE, LOSS_CURVE_FILE, CONFIG_FILE)
 SAMPLE_COUNT = 64
 
 # Fields that must be unchanged to resume a run: they fix the networks' shapes, the images or
@@ -171,7 +173,7 @@ def _remove_run_files(run_dir: Path) -> None:
     The training state goes first, so an interrupted deletion never leaves a resumable state
     beside deleted weights.
     """
-    for name in [STATE_FILE, GENERATOR_FILE, DISCRIMINATOR_FILE, LOSSES_FILE, LOSS_CURVE_FILE, CONFIG_FILE]:
+    for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     samples = run_dir / SAMPLES_FOLDER
     if samples.is_dir():
@@ -428,6 +430,7 @@ def train_gan(config: GanConfig, *, reporter: TrainingReporter | None = None, fr
     device = resolve_device(config.device)
 
     reject_other_run_folder(run_dir, "GAN run")
+    remove_stale_temporary_files(run_dir, RUN_FILES)
     saved_config = None if fresh else saved_config_to_resume(run_dir, STATE_FILE, CONFIG_FILE, config.to_dict(), RESUME_KEYS)
     data = load_prepared(config.data_root)
     images = data.split("train").images  # (N, 3, 32, 32) uint8
