@@ -10,7 +10,8 @@ import pytest
 import torch
 from cifar_factory import write_cifar100_archive, write_cifar100_folder
 
-from hybridcap.datasets import OFFICIAL_MD5, default_data_root, load_prepared, normalize_images, prepare_cifar100
+from hybridcap.datasets import OFFICIAL_MD5, OFFICIAL_URL, default_data_root, load_prepared, normalize_images, prepare_cifar100
+from hybridcap.datasets.prepared import data_command
 from hybridcap.datasets.split import split_per_class
 from hybridcap.errors import DataError
 
@@ -202,6 +203,16 @@ def test_prepare_root_is_file(tmp_path: Path, generated_archive: Path) -> None:
         prepare_cifar100(root, archive=generated_archive)
 
 
+def test_data_command_quotes_and_omits_defaults(tmp_path: Path) -> None:
+    root = tmp_path / "my data"
+    official = {"source": {"kind": "url", "location": OFFICIAL_URL}, "val_per_class": 50, "seed": 0}
+    folder = {"source": {"kind": "directory", "location": "/data/cifar 100"}, "seed": 3}
+
+    assert data_command(root, official) == f"hybridcap data --root '{root}' --val-per-class 50 --seed 0 --force"
+    assert data_command(root, folder, force=False) == f"hybridcap data --root '{root}' --dir '/data/cifar 100' --seed 3"
+    assert data_command(root) == f"hybridcap data --root '{root}' --force"
+
+
 def test_load_prepared_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"no prepared CIFAR-100 data in .*run `hybridcap data --root"):
         load_prepared(tmp_path / "nothing")
@@ -213,7 +224,7 @@ def test_load_prepared_without_manifest_is_incomplete(tmp_path: Path, generated_
     prepare_cifar100(root, archive=generated_archive, val_per_class=1)
     (root / "manifest.json").unlink()
 
-    with pytest.raises(DataError, match="no prepared CIFAR-100 data"):
+    with pytest.raises(DataError, match=r"is incomplete \(no manifest.json; was `hybridcap data` interrupted\?\); rerun `hybridcap data --root"):
         load_prepared(root)
     assert prepare_cifar100(root, archive=generated_archive, val_per_class=1).rebuilt
 

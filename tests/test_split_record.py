@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 
 from captioner_helpers import tiny_config, with_cache
 from captioner_runs import train_tiny_captioner
+from cifar_factory import write_cifar100_archive
 from hybridcap.cli.main import app
 from hybridcap.datasets import load_prepared, prepare_cifar100
 from hybridcap.errors import RunFolderError
@@ -57,7 +59,10 @@ def test_split_digest_follows_split_options(generated_archive: Path, prepared_ro
     assert load_prepared(same).split_digest() == digest
     assert load_prepared(other_seed).split_digest() != digest
     assert load_prepared(more_val).split_digest() != digest
-    assert load_prepared(more_val).split_record() == {"digest": load_prepared(more_val).split_digest(), "val_per_class": 2, "seed": 0}
+    record = load_prepared(more_val).split_record()
+    assert record["digest"] == load_prepared(more_val).split_digest()
+    assert (record["val_per_class"], record["seed"]) == (2, 0)
+    assert record["source"] == {"kind": "archive", "location": str(generated_archive)}
 
 
 def test_checkpoint_records_split(tiny_captioner_run: Path, prepared_root: Path) -> None:
@@ -157,3 +162,21 @@ def test_captioner_same_split_gan_no_warning(captioner_data: Path, captioner_gan
     train_captioner(tiny_config(captioner_data, captioner_gan_run, out, epochs=1), reporter=reporter)
 
     assert reporter.warnings == []
+
+
+def test_restore_command_names_run_archive(generated_archive: Path, prepared_root: Path, tmp_path: Path) -> None:
+    data_root = tmp_path / "data with space"
+    shutil.copytree(prepared_root, data_root)
+    train_gan(tiny_gan_config(data_root, tmp_path / "gan", epochs=1))
+    other_archive = write_cifar100_archive(tmp_path / "other archive.tar.gz", train_per_class=7, test_per_class=2)
+    prepare_cifar100(data_root, archive=other_archive, val_per_class=1, seed=4)
+
+    with pytest.raises(RunFolderError) as raised:
+        train_gan(tiny_gan_config(data_root, tmp_path / "gan", epochs=2))
+
+    restore = str(raised.value).split("restore it with `")[1].split("`")[0]
+    assert shlex.split(restore) == ["hybridcap", "data", "--root", str(data_root), "--archive", str(generated_archive), "--val-per-class", "1", "--seed", "0", "--force"]
+
+    result = runner.invoke(app, shlex.split(restore)[1:])
+    assert result.exit_code == 0, result.output
+    assert train_gan(tiny_gan_config(data_root, tmp_path / "gan", epochs=2)).epochs_completed == 2

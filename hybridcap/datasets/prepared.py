@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,14 +109,23 @@ class PreparedCifar100:
                         digest.update(f"{name}:{indices.numel()}:".encode())
                         digest.update(indices.numpy().tobytes())
             except (SafetensorError, OSError, ValueError, KeyError) as error:
-                raise DataError(f"cannot read the split indices from {path} ({error}); run `hybridcap data --root {self.root} --force`") from error
+                raise DataError(f"cannot read the split indices from {path} ({error}); run `{self.data_command()}`") from error
             self._split_digest = digest.hexdigest()[:16]
         return self._split_digest
 
     def split_record(self) -> dict[str, Any]:
         """Return what a run records about this folder's split: its digest and the options that made it."""
         options = self.manifest.get("options", {})
-        return {"digest": self.split_digest(), "val_per_class": options.get("val_per_class"), "seed": options.get("seed")}
+        return {
+            "digest": self.split_digest(),
+            "val_per_class": options.get("val_per_class"),
+            "seed": options.get("seed"),
+            "source": options.get("source"),
+        }
+
+    def data_command(self, **changes: Any) -> str:
+        """Return the ``hybridcap data --force`` command that rebuilds this folder, with options in ``changes`` replaced."""
+        return data_command(self.root, {**self.manifest.get("options", {}), **changes})
 
     def _read_split(self, name: str) -> ImageSplit:
         from safetensors import SafetensorError, safe_open
@@ -126,8 +137,31 @@ class PreparedCifar100:
                 fine_labels = file.get_tensor(f"{name}_fine_labels")
                 coarse_labels = file.get_tensor(f"{name}_coarse_labels")
         except (SafetensorError, OSError, ValueError, KeyError) as error:
-            raise DataError(f"cannot read the {name} split from {path} ({error}); run `hybridcap data --root {self.root} --force`") from error
+            raise DataError(f"cannot read the {name} split from {path} ({error}); run `{self.data_command()}`") from error
         return ImageSplit(images=images, fine_labels=fine_labels, coarse_labels=coarse_labels)
+
+
+def data_command(root: Path, options: Mapping[str, Any] | None = None, *, force: bool = True) -> str:
+    """Return the ``hybridcap data`` command line that prepares ``root`` with ``options``, ready to paste.
+
+    ``options`` is a manifest's ``options`` entry: ``source`` (``kind`` and ``location``),
+    ``val_per_class`` and ``seed``. Missing entries are left to the command's defaults, and the
+    official download address is left out because it is the default source.
+    """
+    from hybridcap.datasets.prepare import OFFICIAL_URL
+
+    options = options or {}
+    arguments = ["hybridcap", "data", "--root", str(root)]
+    source = options.get("source") or {}
+    flag = {"archive": "--archive", "directory": "--dir", "url": "--url"}.get(source.get("kind"))
+    if flag is not None and source.get("location") not in (None, OFFICIAL_URL):
+        arguments += [flag, str(source["location"])]
+    for option, key in (("--val-per-class", "val_per_class"), ("--seed", "seed")):
+        if options.get(key) is not None:
+            arguments += [option, str(options[key])]
+    if force:
+        arguments.append("--force")
+    return shlex.join(arguments)
 
 
 def load_prepared(root: str | Path) -> PreparedCifar100:
@@ -139,13 +173,19 @@ def load_prepared(root: str | Path) -> PreparedCifar100:
     root = Path(root).expanduser()
     manifest = read_manifest(root)
     if manifest is None:
-        raise DataError(f"no prepared CIFAR-100 data in {root}; run `hybridcap data --root {root}` first")
+        if any((root / name).is_file() for name in DATA_FILES):
+            # prepare_cifar100 deletes the manifest first and writes it last.
+            raise DataError(
+                f"prepared data in {root} is incomplete (no {MANIFEST_FILE}; was `hybridcap data` interrupted?); "
+                f"rerun `{data_command(root, force=False)}` with the source and split options you used"
+            )
+        raise DataError(f"no prepared CIFAR-100 data in {root}; run `{data_command(root, force=False)}` first")
     if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"prepared data in {root} has an unsupported format; run `hybridcap data --root {root} --force` to rebuild it")
+        raise DataError(f"prepared data in {root} has an unsupported format; run `{data_command(root, manifest.get('options'))}` to rebuild it")
 
     missing = [name for name in DATA_FILES if not (root / name).is_file()]
     if missing:
-        raise DataError(f"prepared data in {root} is incomplete (missing {', '.join(missing)}); run `hybridcap data --root {root} --force`")
+        raise DataError(f"prepared data in {root} is incomplete (missing {', '.join(missing)}); run `{data_command(root, manifest.get('options'))}`")
 
     try:
         classes = _read_json(root / CLASSES_FILE)
@@ -155,10 +195,10 @@ def load_prepared(root: str | Path) -> PreparedCifar100:
         coarse_names = list(classes["coarse_names"])
         fine_to_coarse = [int(label) for label in classes["fine_to_coarse"]]
     except (KeyError, TypeError, ValueError) as error:
-        raise DataError(f"prepared data in {root} is damaged ({error}); run `hybridcap data --root {root} --force`") from error
+        raise DataError(f"prepared data in {root} is damaged ({error}); run `{data_command(root, manifest.get('options'))}`") from error
 
     if len(captions) != len(fine_names) or len(fine_to_coarse) != len(fine_names):
-        raise DataError(f"prepared data in {root} is damaged (class, caption and mapping counts differ); run `hybridcap data --root {root} --force`")
+        raise DataError(f"prepared data in {root} is damaged (class, caption and mapping counts differ); run `{data_command(root, manifest.get('options'))}`")
 
     return PreparedCifar100(
         root=root,

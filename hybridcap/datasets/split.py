@@ -32,7 +32,7 @@ def split_per_class(fine_labels: np.ndarray, class_names: list[str], val_per_cla
         if len(class_indices) <= val_per_class:
             raise DataError(
                 f"class '{name}' has {len(class_indices)} training images, too few to hold out {val_per_class} "
-                f"for validation and keep one for training; use a smaller --val-per-class"
+                f"for validation and keep one for training; use a smaller --val-per-class (in hybridcap run: --set data.val_per_class=N)"
             )
         val_parts.append(generator.choice(class_indices, size=val_per_class, replace=False))
 

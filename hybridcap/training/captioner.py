@@ -701,7 +701,7 @@ def train_captioner(
     if train_count < config.batch_size:
         raise DataError(f"the training split in {config.data_root} has {train_count} images, fewer than one batch of {config.batch_size}; lower --batch-size")
     if len(data.split("val")) == 0:
-        raise DataError(f"the validation split in {config.data_root} is empty, so no checkpoint could be selected; run `hybridcap data --root {config.data_root} --val-per-class 50 --force`")
+        raise DataError(f"the validation split in {config.data_root} is empty, so no checkpoint could be selected; run `{data.data_command(val_per_class=50)}`")
     trunk = _load_gan_trunk(Path(config.gan_run), device)
     _warn_if_gan_split_differs(Path(config.gan_run), data, reporter)
     if resume:

@@ -14,7 +14,8 @@ from typing import Any
 import numpy
 import torch
 
-from hybridcap.datasets import OFFICIAL_URL, PreparedCifar100
+from hybridcap.datasets import PreparedCifar100
+from hybridcap.datasets.prepared import data_command
 from hybridcap.errors import RunFolderError
 from hybridcap.io import read_json
 from hybridcap.training.checkpoint import describe_config_difference
@@ -99,29 +100,24 @@ def split_change(recorded: Mapping[str, Any] | None, data: PreparedCifar100) -> 
     """Describe how ``data`` was split differently from the split a run recorded, or return None.
 
     Runs written before splits were recorded have no record, and then nothing can be compared.
-    The description ends with what restores the recorded split.
+    The description ends with the command that restores the recorded split when the record
+    names its source (older records only have the options), else with what to do instead.
     """
     if not recorded or recorded.get("digest") == data.split_digest():
         return None
     current = data.split_record()
     val_per_class, seed = recorded.get("val_per_class"), recorded.get("seed")
-    if (current["val_per_class"], current["seed"]) == (val_per_class, seed):
+    same_options = (current["val_per_class"], current["seed"]) == (val_per_class, seed)
+    if same_options:
         # Same options but other indices: another archive, or a hybridcap release that splits differently.
         difference = f"was rebuilt and splits the training images differently, with the same --val-per-class {val_per_class} --seed {seed}"
-        remedy = "prepare the data again from the archive the run used"
+        if recorded.get("source") is None:
+            return f"the prepared data in {data.root} {difference}; prepare it again from the archive the run used"
     else:
         difference = (
             f"was rebuilt with another train/validation split (--val-per-class {current['val_per_class']} --seed {current['seed']}; "
             f"the run used --val-per-class {val_per_class} --seed {seed})"
         )
-        remedy = f"restore it with `hybridcap data --root {data.root}{_source_flag(data)} --val-per-class {val_per_class} --seed {seed} --force`"
-    return f"the prepared data in {data.root} {difference}; {remedy}"
-
-
-def _source_flag(data: PreparedCifar100) -> str:
-    """Return the ``hybridcap data`` option that names the folder's current source, or "" for the official URL."""
-    source = data.manifest.get("options", {}).get("source", {})
-    flag = {"archive": "--archive", "directory": "--dir", "url": "--url"}.get(source.get("kind"))
-    if flag is None or source.get("location") in (None, OFFICIAL_URL):
-        return ""
-    return f" {flag} {source['location']}"
+    source = recorded.get("source") or current["source"]
+    restore = data_command(data.root, {"source": source, "val_per_class": val_per_class, "seed": seed})
+    return f"the prepared data in {data.root} {difference}; restore it with `{restore}`"
