@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from hybridcap.cli.main import app
-from hybridcap.training import gan, inference
+from hybridcap.training import captioner, gan
+from hybridcap.training.gan import GanConfig
 from hybridcap.training.run_folder import RUN_FOLDER_SIGNATURES
 
 runner = CliRunner()
@@ -31,9 +33,9 @@ def captioner_arguments(data: Path, gan_run: Path, out: Path) -> list[str]:
     return ["train-captioner", *options, "--contrastive-weight", "0", "--device", "cpu"]
 
 
-def test_signatures_match_trainer_file_names() -> None:
-    assert RUN_FOLDER_SIGNATURES["GAN run"] == (gan.GENERATOR_FILE, gan.DISCRIMINATOR_FILE)
-    assert RUN_FOLDER_SIGNATURES["captioner run"] == (inference.BEST_FILE, inference.LAST_FILE, inference.VOCABULARY_FILE)
+def test_signatures_are_trainer_files() -> None:
+    assert set(RUN_FOLDER_SIGNATURES["GAN run"]) <= set(gan.RUN_FILES)
+    assert set(RUN_FOLDER_SIGNATURES["captioner run"]) <= set(captioner.RUN_FILES)
 
 
 @pytest.mark.parametrize("fresh", [[], ["--fresh"]])
@@ -44,7 +46,7 @@ def test_train_gan_rejects_captioner_folder(tiny_captioner_run: Path, prepared_r
     result = runner.invoke(app, [*gan_arguments(prepared_root, run_dir), *fresh])
 
     assert result.exit_code == 1
-    assert f"{run_dir} is an existing captioner run folder (it has best.safetensors), not a GAN run folder; choose another --out" in result.stderr
+    assert f"{run_dir} is a captioner run folder (it has best.safetensors), not a GAN run folder; choose another --out" in result.stderr
     assert file_hashes(run_dir) == before
 
 
@@ -56,7 +58,7 @@ def test_train_captioner_rejects_gan_folder(tiny_captioner_run: Path, prepared_r
     result = runner.invoke(app, [*captioner_arguments(prepared_root, gan_run, gan_run), *fresh])
 
     assert result.exit_code == 1
-    assert f"{gan_run} is an existing GAN run folder (it has generator.safetensors)" in result.stderr
+    assert f"{gan_run} is a GAN run folder (it has generator.safetensors)" in result.stderr
     assert file_hashes(gan_run) == before
 
 
@@ -68,7 +70,7 @@ def test_train_gan_rejects_experiment_folder(prepared_root: Path, tmp_path: Path
     result = runner.invoke(app, gan_arguments(prepared_root, experiment))
 
     assert result.exit_code == 1
-    assert "is an existing experiment folder (it has pipeline.json)" in result.stderr
+    assert "is an experiment folder (it has pipeline.json)" in result.stderr
     assert sorted(path.name for path in experiment.iterdir()) == ["pipeline.json"]
 
 
@@ -79,7 +81,7 @@ def test_run_rejects_gan_folder(tiny_captioner_run: Path, tmp_path: Path) -> Non
     result = runner.invoke(app, ["run", "--archive", str(tmp_path / "missing.tar.gz"), "--root", str(tmp_path / "data"), "--out", str(gan_run), "--clip-pretrained", "none"])
 
     assert result.exit_code == 1
-    assert f"{gan_run} is an existing GAN run folder (it has generator.safetensors), not an experiment folder" in result.stderr
+    assert f"{gan_run} is a GAN run folder (it has generator.safetensors), not an experiment folder" in result.stderr
     assert file_hashes(gan_run) == before
 
 
@@ -90,7 +92,7 @@ def test_eval_experiment_folder_names_captioner(tiny_captioner_run: Path, tmp_pa
     result = runner.invoke(app, ["eval", str(experiment), "--tokenizer", "simple", "--metrics", "bleu_1"])
 
     assert result.exit_code == 1
-    assert f"{experiment} is an experiment folder, not a captioner run folder; pass its captioner run {experiment / 'captioner'}" in result.stderr
+    assert f"{experiment} is an experiment folder (it has captioner/config.json), not a captioner run folder; use its subfolder {experiment / 'captioner'}" in result.stderr
 
 
 def test_caption_gan_folder_rejected(tiny_captioner_run: Path, tmp_path: Path) -> None:
@@ -100,4 +102,50 @@ def test_caption_gan_folder_rejected(tiny_captioner_run: Path, tmp_path: Path) -
     result = runner.invoke(app, ["caption", str(image), "--run", str(tiny_captioner_run.parent / "gan")])
 
     assert result.exit_code == 1
-    assert "is a GAN run folder, not a captioner run folder" in result.stderr
+    assert "is a GAN run folder (it has generator.safetensors), not a captioner run folder; use a folder written by `hybridcap train-captioner`" in result.stderr
+
+
+def test_unfinished_gan_run_recognised(prepared_root: Path, tmp_path: Path) -> None:
+    # A GAN run killed before its first checkpoint has only its config.
+    gan_run = tmp_path / "gan"
+    gan_run.mkdir()
+    (gan_run / "config.json").write_text(json.dumps(GanConfig(data_root=str(prepared_root), out=str(gan_run)).to_dict()))
+    before = file_hashes(gan_run)
+
+    training = runner.invoke(app, [*captioner_arguments(prepared_root, gan_run, gan_run), "--fresh"])
+    evaluation = runner.invoke(app, ["eval", str(gan_run), "--tokenizer", "simple", "--metrics", "bleu_1"])
+
+    assert training.exit_code == 1
+    assert f"{gan_run} is a GAN run folder (it has config.json), not a captioner run folder; choose another --out" in training.stderr
+    assert evaluation.exit_code == 1
+    assert "is a GAN run folder (it has config.json)" in evaluation.stderr
+    assert file_hashes(gan_run) == before
+
+
+def test_gan_option_given_captioner_run(tiny_captioner_run: Path, prepared_root: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, captioner_arguments(prepared_root, tiny_captioner_run, tmp_path / "captioner"))
+
+    assert result.exit_code == 1
+    assert f"{tiny_captioner_run} is a captioner run folder (it has best.safetensors), not a GAN run folder; use a folder written by `hybridcap train-gan`" in result.stderr
+    assert not (tmp_path / "captioner").exists()
+
+
+def test_gan_option_given_experiment(tiny_captioner_run: Path, prepared_root: Path, tmp_path: Path) -> None:
+    experiment = tmp_path / "experiment"
+    shutil.copytree(tiny_captioner_run.parent / "gan", experiment / "gan")
+
+    result = runner.invoke(app, captioner_arguments(prepared_root, experiment, tmp_path / "captioner"))
+
+    assert result.exit_code == 1
+    assert f"use its subfolder {experiment / 'gan'}" in result.stderr
+
+
+def test_train_gan_rejects_folder_with_captioner_subfolder(tiny_captioner_run: Path, prepared_root: Path, tmp_path: Path) -> None:
+    experiment = tmp_path / "experiment"
+    shutil.copytree(tiny_captioner_run, experiment / "captioner")
+
+    result = runner.invoke(app, [*gan_arguments(prepared_root, experiment), "--fresh"])
+
+    assert result.exit_code == 1
+    assert "is an experiment folder (it has captioner/config.json), not a GAN run folder" in result.stderr
+    assert sorted(path.name for path in experiment.iterdir()) == ["captioner"]

@@ -703,12 +703,12 @@ def train_captioner(
     if len(data.split("val")) == 0:
         raise DataError(f"the validation split in {config.data_root} is empty, so no checkpoint could be selected; run `{data.data_command(val_per_class=50)}`")
     trunk = _load_gan_trunk(Path(config.gan_run), device)
-    _warn_if_gan_split_differs(Path(config.gan_run), data, reporter)
     if resume:
         _check_same_gan_width(run_dir, trunk)
         change = split_change(_read_state_counters(run_dir / STATE_FILE).get("data_split"), data)
         if change is not None:
             raise RunFolderError(f"cannot resume {run_dir}: {change}, or pass --fresh to start over")
+    _warn_if_gan_split_differs(Path(config.gan_run), data, reporter)
 
     if fresh:
         _remove_run_files(run_dir)

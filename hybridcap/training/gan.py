@@ -42,7 +42,7 @@ from hybridcap.training.gan_step import (
 )
 from hybridcap.training.plots import save_loss_curve, save_sample_grid
 from hybridcap.training.reporting import TrainingReporter
-from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, reject_other_run_folder, saved_config_to_resume, split_change
+from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, reject_other_run_folder, saved_config_to_resume, split_change, wrong_folder_message
 
 CONFIG_FILE = "config.json"
 GENERATOR_FILE = "generator.safetensors"
@@ -485,6 +485,9 @@ def load_discriminator(run_dir: str | Path, device: str | torch.device = "cpu") 
     run_dir = Path(run_dir)
     path = run_dir / DISCRIMINATOR_FILE
     if not path.is_file():
+        wrong_folder = wrong_folder_message(run_dir, "GAN run")
+        if wrong_folder is not None:
+            raise RunFolderError(wrong_folder)
         raise RunFolderError(
             f"no trained discriminator in {run_dir} ({DISCRIMINATOR_FILE} not found); "
             f"run `hybridcap train-gan --out {run_dir}` until at least one epoch finishes"

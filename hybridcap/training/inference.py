@@ -21,7 +21,7 @@ from hybridcap.errors import RunFolderError
 from hybridcap.io import load_weights, read_json
 from hybridcap.networks.captioner import Captioner, CaptionerNetworkConfig
 from hybridcap.networks.dcgan import DcganConfig
-from hybridcap.training.run_folder import RUN_FOLDER_SIGNATURES
+from hybridcap.training.run_folder import wrong_folder_message
 
 CONFIG_FILE = "config.json"
 BEST_FILE = "best.safetensors"
@@ -111,11 +111,10 @@ def load_captioner(run_dir: str | os.PathLike[str], checkpoint: str = "best", de
     if not run_dir.is_dir():
         raise RunFolderError(f"captioner run folder {run_dir} not found; run `hybridcap train-captioner --out {run_dir}` first")
     path = checkpoint_path(run_dir, checkpoint)
-    if not path.is_file() and (run_dir / "captioner" / path.name).is_file():
-        raise RunFolderError(f"{run_dir} is an experiment folder, not a captioner run folder; pass its captioner run {run_dir / 'captioner'}")
-    if not path.is_file() and any((run_dir / name).is_file() for name in RUN_FOLDER_SIGNATURES["GAN run"]):
-        raise RunFolderError(f"{run_dir} is a GAN run folder, not a captioner run folder; pass a folder written by `hybridcap train-captioner`")
     if not path.is_file():
+        wrong_folder = wrong_folder_message(run_dir, "captioner run")
+        if wrong_folder is not None:
+            raise RunFolderError(wrong_folder)
         raise RunFolderError(f"no {checkpoint} checkpoint in {run_dir} ({path.name} not found); run `hybridcap train-captioner --out {run_dir}` until one epoch finishes")
 
     tensors, metadata = load_weights(path)

@@ -24,21 +24,62 @@ from hybridcap.training.checkpoint import describe_config_difference
 # Files that only one kind of output folder contains. Both trainers write config.json and
 # training_state.safetensors, so a trainer pointed at the other's folder would replace them.
 RUN_FOLDER_SIGNATURES = {
-    "GAN run": ("generator.safetensors", "discriminator.safetensors"),
-    "captioner run": ("best.safetensors", "last.safetensors", "vocabulary.json"),
-    "experiment": ("pipeline.json", "stages.json"),
+    "GAN run": ("generator.safetensors", "discriminator.safetensors", "losses.jsonl"),
+    "captioner run": ("best.safetensors", "last.safetensors", "vocabulary.json", "captions.json", "history.jsonl"),
+    "experiment": ("pipeline.json", "stages.json", "gan/config.json", "captioner/config.json"),
 }
+# The command that writes each kind of folder.
+EXPECTED_COMMANDS = {"GAN run": "train-gan", "captioner run": "train-captioner", "experiment": "run"}
+# A config.json key that only one trainer's config has. A run killed before its first checkpoint
+# has no other file that distinguishes the kinds.
+_CONFIG_SIGNATURES = {"GAN run": "latent_dim", "captioner run": "gan_run"}
+
+
+def run_folder_kind(run_dir: Path) -> tuple[str, str] | None:
+    """Return the kind of output folder ``run_dir`` is and the file that shows it, or None when unknown."""
+    for kind, names in RUN_FOLDER_SIGNATURES.items():
+        for name in names:
+            if (run_dir / name).exists():
+                return kind, name
+    try:
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(config, dict):
+        for kind, key in _CONFIG_SIGNATURES.items():
+            if key in config:
+                return kind, "config.json"
+    return None
+
+
+def wrong_folder_message(run_dir: Path, expected_kind: str) -> str | None:
+    """Describe why ``run_dir`` is not the ``expected_kind`` folder a command reads, or return None.
+
+    Returns None when ``run_dir`` is of the expected kind or of no known kind.
+    """
+    found = run_folder_kind(run_dir)
+    if found is None or found[0] == expected_kind:
+        return None
+    subfolder = {"GAN run": "gan", "captioner run": "captioner"}.get(expected_kind)
+    if found[0] == "experiment" and subfolder is not None:
+        return f"{_mismatch(run_dir, found, expected_kind)}; use its subfolder {run_dir / subfolder}"
+    return f"{_mismatch(run_dir, found, expected_kind)}; use a folder written by `hybridcap {EXPECTED_COMMANDS[expected_kind]}`"
 
 
 def reject_other_run_folder(run_dir: Path, kind: str) -> None:
-    """Raise RunFolderError when ``run_dir`` belongs to another kind than ``kind``, a key of RUN_FOLDER_SIGNATURES."""
-    for other_kind, names in RUN_FOLDER_SIGNATURES.items():
-        if other_kind == kind:
-            continue
-        found = [name for name in names if (run_dir / name).exists()]
-        if found:
-            article = "an" if kind[0] in "aeiou" else "a"
-            raise RunFolderError(f"{run_dir} is an existing {other_kind} folder (it has {found[0]}), not {article} {kind} folder; choose another --out")
+    """Raise RunFolderError when ``run_dir`` is another kind of output folder than ``kind``, a key of RUN_FOLDER_SIGNATURES."""
+    found = run_folder_kind(run_dir)
+    if found is not None and found[0] != kind:
+        raise RunFolderError(f"{_mismatch(run_dir, found, kind)}; choose another --out")
+
+
+def _mismatch(run_dir: Path, found: tuple[str, str], expected_kind: str) -> str:
+    kind, evidence = found
+    return f"{run_dir} is {_article(kind)} {kind} folder (it has {evidence}), not {_article(expected_kind)} {expected_kind} folder"
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def derived_seed(seed: int, purpose: int, *values: int) -> int:
