@@ -127,3 +127,14 @@ def test_run_smoke_on_real_subset(real_subset_archive: Path, tmp_path: Path) -> 
     assert "gan: already done, skipped" in rerun.output
     assert "captioner: already done, skipped" in rerun.output
     assert "eval: already done, skipped" in rerun.output
+
+    # Another experiment re-splits the shared data folder. The next run restores the split, and
+    # since that is the split the stages were trained on, they are still skipped.
+    resplit = CliRunner().invoke(app, ["data", "--archive", str(real_subset_archive), "--root", str(root), "--val-per-class", "3", "--seed", "9"])
+    assert resplit.exit_code == 0, resplit.output
+    restored = CliRunner().invoke(app, _run_arguments(real_subset_archive, root, out))
+    assert restored.exit_code == 0, restored.output
+    assert json.loads((root / "manifest.json").read_text())["counts"]["val"]["images"] == 200
+    assert "gan: already done, skipped" in restored.output
+    assert "captioner: already done, skipped" in restored.output
+    assert "starts over" not in restored.output

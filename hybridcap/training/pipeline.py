@@ -37,6 +37,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
+# Key in stages.json, beside the stage names, for the split and archive of the prepared data
+# that the later stages were last run on.
+DATA_IDENTITY_KEY = "data_identity"
+
 # Fields that the pipeline sets itself, so a config file must not set them per stage.
 _LINKED_FIELDS = {
     "gan": {"data_root", "out", "seed", "device", "precision"},
@@ -348,7 +352,7 @@ def run_pipeline(
     continues training; later stages that had finished then start over too. Raises whatever a
     stage raises for bad input.
     """
-    from hybridcap.datasets import default_data_root, prepare_cifar100
+    from hybridcap.datasets import default_data_root, load_prepared, prepare_cifar100
     from hybridcap.metrics.captioning import require_java
     from hybridcap.metrics.java import JavaNotFoundError
     from hybridcap.training.captioner import CaptionerConfig, train_captioner
@@ -444,7 +448,12 @@ def run_pipeline(
         )
         for message in result.warnings:
             reporter.warning(message)
-        return result.rebuilt
+        # Another experiment sharing the folder may have re-split it, and this rebuild then only
+        # restored the split the later stages were trained on: they need not start over.
+        identity = {"split": load_prepared(data_root).split_digest(), "archive_md5": result.manifest.get("source", {}).get("md5")}
+        previous_identity = records.get(DATA_IDENTITY_KEY)
+        records[DATA_IDENTITY_KEY] = identity
+        return result.rebuilt and not _same_json(previous_identity, identity)
 
     # prepare_cifar100 is a no-op when the folder already matches, so the data stage always runs.
     run_stage("data", data_config, False, prepare)
