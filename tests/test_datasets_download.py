@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -152,3 +155,49 @@ def test_prepare_from_file_url(tmp_path: Path, generated_archive: Path) -> None:
         "official_md5": False,
     }
     assert (tmp_path / "root" / "downloads" / "cifar-100-python.tar.gz").is_file()
+
+
+class _StallingHandler(http.server.BaseHTTPRequestHandler):
+    """Sends the first bytes of a large download, then waits until the test releases it."""
+
+    request_seen = threading.Event()
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        self.wfile.write(b"\x1f\x8b" + b"x" * 998)
+        self.wfile.flush()
+        type(self).request_seen.set()
+        type(self).release.wait(timeout=60)
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+def test_cli_data_interrupted_download(tmp_path: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StallingHandler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    root = tmp_path / "root"
+    url = f"http://127.0.0.1:{server.server_address[1]}/cifar-100-python.tar.gz"
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "hybridcap", "data", "--url", url, "--root", str(root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert _StallingHandler.request_seen.wait(timeout=60)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        _StallingHandler.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+    assert process.returncode == 130
+    assert stderr.strip() == f"error: interrupted; rerun this command to finish preparing {root}"
+    assert not root.exists() or not any(root.rglob("*.partial"))

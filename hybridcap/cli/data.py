@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from hybridcap.cli.console import console, handle_errors, warn
+from hybridcap.cli.console import console, fail, handle_errors, warn
 
 
 @handle_errors
@@ -63,6 +63,9 @@ def data_command(
             force=force,
             download_progress=show_download,
         )
+    except KeyboardInterrupt:
+        # A rebuild removes the manifest first, so the folder is unusable until a rerun finishes.
+        raise fail(f"interrupted; rerun this command to finish preparing {root}", exit_code=130) from None
     finally:
         if task_ids:
             progress.stop()
