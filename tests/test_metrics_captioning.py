@@ -249,11 +249,17 @@ def test_meteor_timeout_kills_process():
     assert meteor.meteor_p.poll() is not None
 
 
+def fake_java(folder: Path, script: str) -> str:
+    """Write an executable shell script named java into ``folder`` and return its path."""
+    path = folder / "java"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return str(path)
+
+
 def test_meteor_crash_reports_exit_code(tmp_path):
-    fake_java = tmp_path / "java"
-    fake_java.write_text("#!/bin/sh\necho 'Error: could not reserve heap' >&2\nexit 3\n")
-    fake_java.chmod(fake_java.stat().st_mode | stat.S_IXUSR)
-    with MeteorProcess(str(fake_java)) as meteor:
+    java = fake_java(tmp_path, "echo 'Error: could not reserve heap' >&2\nexit 3\n")
+    with MeteorProcess(java) as meteor:
         with pytest.raises(ScorerError, match="exit code 3: Error: could not reserve heap"):
             meteor.statistics([("a cat", ["a cat"])])
     assert meteor.meteor_p.poll() == 3
@@ -261,10 +267,8 @@ def test_meteor_crash_reports_exit_code(tmp_path):
 
 def test_meteor_closed_output_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(java_module, "METEOR_EXIT_WAIT_S", 0.2)
-    fake_java = tmp_path / "java"
-    fake_java.write_text("#!/bin/sh\nexec >&-\necho 'Error: output closed' >&2\nsleep 30\n")
-    fake_java.chmod(fake_java.stat().st_mode | stat.S_IXUSR)
-    with MeteorProcess(str(fake_java)) as meteor:
+    java = fake_java(tmp_path, "exec >&-\necho 'Error: output closed' >&2\nsleep 30\n")
+    with MeteorProcess(java) as meteor:
         with pytest.raises(ScorerError, match="METEOR closed its output but is still running: Error: output closed"):
             meteor.statistics([("a cat", ["a cat"])])
     assert meteor.meteor_p.poll() is not None
