@@ -149,3 +149,25 @@ def test_train_gan_rejects_folder_with_captioner_subfolder(tiny_captioner_run: P
     assert result.exit_code == 1
     assert "is an experiment folder (it has captioner/config.json), not a GAN run folder" in result.stderr
     assert sorted(path.name for path in experiment.iterdir()) == ["captioner"]
+
+
+def test_data_rejects_captioner_run_root(tiny_captioner_run: Path, generated_archive: Path, tmp_path: Path) -> None:
+    run_dir = Path(shutil.copytree(tiny_captioner_run, tmp_path / "captioner"))
+    before = file_hashes(run_dir)
+
+    result = runner.invoke(app, ["data", "--archive", str(generated_archive), "--root", str(run_dir), "--val-per-class", "1"])
+
+    assert result.exit_code == 1
+    assert f"--root {run_dir} is a run or experiment folder (it has config.json); choose another folder" in result.stderr
+    assert file_hashes(run_dir) == before
+
+
+def test_train_gan_rejects_data_folder(prepared_root: Path, tmp_path: Path) -> None:
+    data_copy = Path(shutil.copytree(prepared_root, tmp_path / "data"))
+    before = file_hashes(data_copy)
+
+    result = runner.invoke(app, gan_arguments(prepared_root, data_copy))
+
+    assert result.exit_code == 1
+    assert f"{data_copy} is a prepared-data folder (it has manifest.json), not a GAN run folder; choose another --out" in result.stderr
+    assert file_hashes(data_copy) == before

@@ -158,6 +158,10 @@ def _describe_source(url: str | None, archive: str | Path | None, directory: str
     return {"kind": "url", "location": url if url is not None else OFFICIAL_URL}
 
 
+# Files that hybridcap's trainers and `hybridcap run` write and a prepared-data folder never has.
+RUN_FOLDER_FILES = ("config.json", "training_state.safetensors", "pipeline.json", "stages.json")
+
+
 def _check_options(root: Path, val_per_class: int, seed: int) -> None:
     if val_per_class < 0:
         raise DataError(f"--val-per-class must be 0 or more, got {val_per_class}")
@@ -165,6 +169,10 @@ def _check_options(root: Path, val_per_class: int, seed: int) -> None:
         raise DataError(f"--seed must be 0 or more, got {seed}")
     if root.exists() and not root.is_dir():
         raise DataError(f"--root {root} is a file; choose a folder")
+    # A run folder has captions.json and vocabulary.json too, which a prepared folder would replace.
+    run_files = [name for name in RUN_FOLDER_FILES if (root / name).exists()]
+    if run_files:
+        raise DataError(f"--root {root} is a run or experiment folder (it has {run_files[0]}); choose another folder for the prepared data")
 
 
 def _manifest_if_complete(root: Path) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ import numpy
 import torch
 
 from hybridcap.datasets import PreparedCifar100
-from hybridcap.datasets.prepared import data_command
+from hybridcap.datasets.prepared import IMAGES_FILE, MANIFEST_FILE, data_command
 from hybridcap.errors import RunFolderError
 from hybridcap.io import read_json
 from hybridcap.training.checkpoint import describe_config_difference
@@ -24,6 +24,8 @@ from hybridcap.training.checkpoint import describe_config_difference
 # Files that only one kind of output folder contains. Both trainers write config.json and
 # training_state.safetensors, so a trainer pointed at the other's folder would replace them.
 RUN_FOLDER_SIGNATURES = {
+    # First, because a prepared-data folder also has vocabulary.json and captions.json.
+    "prepared-data": (MANIFEST_FILE, IMAGES_FILE),
     "GAN run": ("generator.safetensors", "discriminator.safetensors", "losses.jsonl"),
     "captioner run": ("best.safetensors", "last.safetensors", "vocabulary.json", "captions.json", "history.jsonl"),
     "experiment": ("pipeline.json", "stages.json", "gan/config.json", "captioner/config.json"),
