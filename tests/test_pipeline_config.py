@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 from typer.testing import CliRunner
 
@@ -105,3 +106,35 @@ def test_run_set_without_equals(tmp_path: Path) -> None:
 
     assert exit_code == 1
     assert "invalid --set 'gan.epochs'" in output
+
+
+def test_run_checks_clip_download_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_hub_cache"))
+
+    exit_code, output = _run(tmp_path, "--clip-pretrained", "openai", "--contrastive-weight", "0.5")
+
+    assert exit_code == 1
+    assert "CLIP weights ViT-B-16 (openai) are not in the Hugging Face cache" in output
+    assert not (tmp_path / "experiment").exists()
+    assert not (tmp_path / "data").exists()
+
+
+def test_run_checks_val_per_class_first(tmp_path: Path) -> None:
+    exit_code, output = _run(tmp_path, "--set", "data.val_per_class=-1")
+
+    assert exit_code == 1
+    assert "data.val_per_class must be 0 or more, got -1" in output
+    assert not (tmp_path / "experiment").exists()
+
+
+def test_run_without_java_names_only_needed_parts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty_folder = tmp_path / "bin"
+    empty_folder.mkdir()
+    monkeypatch.setenv("PATH", str(empty_folder))
+
+    exit_code, output = _run(tmp_path, "--set", "eval.tokenizer=simple", "--set", "eval.metrics=meteor,cider")
+
+    assert exit_code == 1
+    assert "needs it for METEOR;" in output
+    assert "--set eval.metrics=cider" in output

@@ -185,27 +185,8 @@ def load_text_encoder(
     import open_clip
     from open_clip.model import _build_text_tower
 
-    model_config = open_clip.get_model_config(spec.model_name)
-    if model_config is None:
-        raise HybridcapError(f"unknown open_clip model {spec.model_name!r}; use {DEFAULT_MODEL_NAME}")
-    if "hf_model_name" in model_config["text_cfg"]:
-        raise HybridcapError(f"open_clip model {spec.model_name!r} has a Hugging Face text tower, which hybridcap does not support; use {DEFAULT_MODEL_NAME}")
-
+    model_config, checkpoint_path, quick_gelu = _locate_weights(spec, hub_cache_dir, hub_endpoint)
     weights_identity = spec.weights_identity()
-    checkpoint_path: Path | None = None
-    # OpenAI's CLIP weights were trained with QuickGELU, and open_clip records the activation per
-    # pretrained tag. The random tower and local files use QuickGELU to match the default weights.
-    # NOTE: a local file holding GELU weights (e.g. a LAION tag) would load but embed slightly wrong.
-    quick_gelu = True
-    if spec.weights_path is not None:
-        checkpoint_path = Path(spec.weights_path)
-    elif not spec.is_random:
-        pretrained_config = open_clip.get_pretrained_cfg(spec.model_name, spec.pretrained)
-        if not pretrained_config:
-            tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.model_name))
-            raise HybridcapError(f"unknown CLIP pretrained tag {spec.pretrained!r} for {spec.model_name}; use one of: {tags}, or none")
-        quick_gelu = bool(pretrained_config.get("quick_gelu", False))
-        checkpoint_path = _resolve_pretrained_file(spec, pretrained_config, hub_cache_dir, hub_endpoint)
 
     # The random tower must be the same in every run so that its cached embeddings stay valid.
     with torch.random.fork_rng(devices=[]):
@@ -217,6 +198,55 @@ def load_text_encoder(
     tokenizer = open_clip.get_tokenizer(spec.model_name)
     encoder = FrozenTextEncoder(tower, tokenizer, spec, weights_identity, int(model_config["embed_dim"]))
     return encoder.to(device)
+
+
+def check_text_encoder_weights(
+    spec: TextEncoderSpec,
+    *,
+    hub_cache_dir: str | os.PathLike[str] | None = None,
+    hub_endpoint: str | None = None,
+) -> None:
+    """Check the model and tag of ``spec`` and make sure its weights are on disk, downloading them if needed.
+
+    This is what ``load_text_encoder`` does first, without building the tower, so a pipeline can
+    fail before hours of other training rather than after them.
+
+    Raises:
+        HybridcapError: as ``load_text_encoder`` does for an unknown model or tag or for
+            weights that are missing and cannot be downloaded.
+    """
+    _, checkpoint_path, _ = _locate_weights(spec, hub_cache_dir, hub_endpoint)
+    if checkpoint_path is not None and not checkpoint_path.is_file():
+        raise HybridcapError(f"CLIP weights file {checkpoint_path} not found; pass an existing --clip-weights file")
+
+
+def _locate_weights(
+    spec: TextEncoderSpec,
+    hub_cache_dir: str | os.PathLike[str] | None,
+    hub_endpoint: str | None,
+) -> tuple[dict[str, Any], Path | None, bool]:
+    """Return the open_clip model config, the weights file (None for random weights) and whether the tower uses QuickGELU."""
+    import open_clip
+
+    model_config = open_clip.get_model_config(spec.model_name)
+    if model_config is None:
+        raise HybridcapError(f"unknown open_clip model {spec.model_name!r}; use {DEFAULT_MODEL_NAME}")
+    if "hf_model_name" in model_config["text_cfg"]:
+        raise HybridcapError(f"open_clip model {spec.model_name!r} has a Hugging Face text tower, which hybridcap does not support; use {DEFAULT_MODEL_NAME}")
+
+    # OpenAI's CLIP weights were trained with QuickGELU, and open_clip records the activation per
+    # pretrained tag. The random tower and local files use QuickGELU to match the default weights.
+    # NOTE: a local file holding GELU weights (e.g. a LAION tag) would load but embed slightly wrong.
+    if spec.weights_path is not None:
+        return model_config, Path(spec.weights_path), True
+    if spec.is_random:
+        return model_config, None, True
+    pretrained_config = open_clip.get_pretrained_cfg(spec.model_name, spec.pretrained)
+    if not pretrained_config:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(spec.model_name))
+        raise HybridcapError(f"unknown CLIP pretrained tag {spec.pretrained!r} for {spec.model_name}; use one of: {tags}, or none")
+    quick_gelu = bool(pretrained_config.get("quick_gelu", False))
+    return model_config, _resolve_pretrained_file(spec, pretrained_config, hub_cache_dir, hub_endpoint), quick_gelu
 
 
 def _resolve_pretrained_file(

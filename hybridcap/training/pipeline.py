@@ -353,6 +353,8 @@ def run_pipeline(
     stage raises for bad input.
     """
     from hybridcap.datasets import default_data_root, load_prepared, prepare_cifar100
+    from hybridcap.device import resolve_device
+    from hybridcap.networks.text_encoder import check_text_encoder_weights
     from hybridcap.metrics.captioning import require_java
     from hybridcap.metrics.java import JavaNotFoundError
     from hybridcap.training.captioner import CaptionerConfig, train_captioner
@@ -370,8 +372,8 @@ def run_pipeline(
     pipeline_file = out / "pipeline.json"
     stages_file = out / "stages.json"
 
-    # Check every stage's options, Java and a local CLIP weights file before the first stage
-    # runs, so a typo in the last stage cannot cost a GAN training.
+    # Check every stage's options, the device, the CLIP weights and Java before the first stage
+    # runs, so a typo or a missing download in a late stage cannot cost a GAN training.
     gan_config = GanConfig(
         **{**config.gan, "data_root": str(data_root), "out": str(gan_dir), "seed": config.seed, "device": config.device, "precision": config.precision}
     )
@@ -388,14 +390,20 @@ def run_pipeline(
         }
     )
     validate_captioner_config(captioner_config)
-    if captioner_config.clip_weights and not Path(captioner_config.clip_weights).is_file():
-        raise HybridcapError(f"CLIP weights file {captioner_config.clip_weights} not found; pass an existing --clip-weights file")
+    if config.data.val_per_class < 0:
+        raise HybridcapError(f"data.val_per_class must be 0 or more, got {config.data.val_per_class}")
+    resolve_device(config.device)
+    if captioner_config.contrastive_weight > 0:
+        # Downloads the weights now if they are missing, so that an offline machine fails here
+        # and not after the GAN has trained.
+        check_text_encoder_weights(captioner_config.text_encoder_spec())
     try:
         require_java(config.eval.metrics, config.eval.tokenizer)
     except JavaNotFoundError as error:
+        needs = (["METEOR"] if "meteor" in config.eval.metrics else []) + (["the PTB tokenizer"] if Tokenizer(config.eval.tokenizer) is Tokenizer.ptb else [])
         without_meteor = ",".join(name for name in config.eval.metrics if name != "meteor")
         raise JavaNotFoundError(
-            "java was not found on PATH, but the evaluation stage needs it for METEOR and the PTB tokenizer; install a "
+            f"java was not found on PATH, but the evaluation stage needs it for {' and '.join(needs)}; install a "
             f"Java runtime, or pass --set eval.tokenizer=simple --set eval.metrics={without_meteor or 'bleu_4'}"
         ) from error
 
