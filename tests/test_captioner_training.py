@@ -207,6 +207,18 @@ def test_captioner_finished_run_trains_nothing(captioner_data: Path, captioner_g
     assert (out / "training_state.safetensors").read_bytes() == before
 
 
+def test_captioner_fewer_epochs_keeps_config(captioner_data: Path, captioner_gan_run: Path, captioner_embedding_cache: Path, tmp_path: Path):
+    out = with_cache(tmp_path / "run", captioner_embedding_cache)
+    train_captioner(tiny_config(captioner_data, captioner_gan_run, out, epochs=2))
+    reporter = EventReporter()
+
+    result = train_captioner(tiny_config(captioner_data, captioner_gan_run, out, epochs=1), reporter=reporter)
+
+    assert result.epoch_summaries == []
+    assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    assert not any(event.startswith("info resuming") for event in reporter.events)
+
+
 def test_captioner_missing_gan_run_raises(captioner_data: Path, tmp_path: Path):
     with pytest.raises(RunFolderError, match=r"GAN run folder .*absent not found; run `hybridcap train-gan --out"):
         train_captioner(tiny_config(captioner_data, tmp_path / "absent", tmp_path / "run"))

@@ -171,6 +171,19 @@ def test_train_gan_finished_run_trains_nothing(prepared_root: Path, tmp_path: Pa
     assert (tmp_path / "run" / "training_state.safetensors").read_bytes() == before
 
 
+def test_train_gan_fewer_epochs_keeps_config(prepared_root: Path, tmp_path: Path) -> None:
+    config = tiny_config(prepared_root, tmp_path / "run", epochs=2)
+    train_gan(config)
+    reporter = RecordingReporter()
+
+    result = train_gan(dataclasses.replace(config, epochs=1), reporter=reporter)
+
+    assert result.epoch_summaries == []
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 2
+    assert not any(message.startswith("resuming") for message in reporter.messages)
+    assert any("already finished 2 epochs" in message for message in reporter.messages)
+
+
 def test_train_gan_divergence_keeps_last_good_checkpoint(prepared_root: Path, tmp_path: Path) -> None:
     config = tiny_config(prepared_root, tmp_path / "run", save_every=1, log_every=1)
     train_gan(config)

@@ -731,17 +731,20 @@ def train_captioner(
         else:
             reporter.info(f"caption embeddings loaded from {run_dir / TEXT_EMBEDDINGS_FILE}")
 
-    # Written only once the text tower has loaded, so missing CLIP weights leave no run folder behind.
-    atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
-    _write_caption_files(run_dir, data)
-
     trainer = _CaptionerTrainer(config, device, data, trunk, text_embeddings, reporter)
     if resume:
         trainer.load()
-        reporter.info(
-            f"resuming {run_dir} at epoch {trainer.epochs_completed + 1}, step {trainer.step_in_epoch} of "
-            f"{trainer.steps_per_epoch} (global step {trainer.global_step})"
-        )
+    # Written only once the text tower has loaded, so missing CLIP weights leave no run folder behind.
+    # A finished run asked for fewer epochs keeps them, and its config says how many it has.
+    atomic_write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "epochs": max(config.epochs, trainer.epochs_completed)})
+    _write_caption_files(run_dir, data)
+
+    if resume:
+        if trainer.epochs_completed < config.epochs:
+            reporter.info(
+                f"resuming {run_dir} at epoch {trainer.epochs_completed + 1}, step {trainer.step_in_epoch} of "
+                f"{trainer.steps_per_epoch} (global step {trainer.global_step})"
+            )
     else:
         reporter.info(
             f"training a new captioner in {run_dir} on {device.type} ({config.precision}): {train_count} images, "

@@ -443,10 +443,11 @@ def train_gan(config: GanConfig, *, reporter: TrainingReporter | None = None, fr
     trainer = _GanTrainer(config, device, data, reporter)
     if saved_config is not None:
         trainer.load()
-        reporter.info(
-            f"resuming {run_dir} at epoch {trainer.epochs_completed + 1}, step {trainer.step_in_epoch} of "
-            f"{trainer.steps_per_epoch} (global step {trainer.global_step})"
-        )
+        if trainer.epochs_completed < config.epochs:
+            reporter.info(
+                f"resuming {run_dir} at epoch {trainer.epochs_completed + 1}, step {trainer.step_in_epoch} of "
+                f"{trainer.steps_per_epoch} (global step {trainer.global_step})"
+            )
         for key in ADJUSTABLE_KEYS:
             if saved_config.get(key) != getattr(config, key):
                 reporter.info(f"{key} changes from {saved_config.get(key)} to {getattr(config, key)} on resume")
@@ -457,7 +458,8 @@ def train_gan(config: GanConfig, *, reporter: TrainingReporter | None = None, fr
             f"training a new DCGAN in {run_dir} on {device.type} ({config.precision}): {images.shape[0]} images, "
             f"{trainer.steps_per_epoch} steps per epoch"
         )
-    atomic_write_json(run_dir / CONFIG_FILE, config.to_dict())
+    # A finished run asked for fewer epochs keeps them, and its config says how many it has.
+    atomic_write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "epochs": max(config.epochs, trainer.epochs_completed)})
 
     result = GanResult(run_dir=run_dir, epochs_completed=trainer.epochs_completed, global_step=trainer.global_step, resumed_from_step=trainer.saved_step)
     if trainer.epochs_completed >= config.epochs:

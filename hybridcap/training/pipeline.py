@@ -467,8 +467,9 @@ def run_pipeline(
     run_stage("data", data_config, False, prepare)
 
     def train_gan_stage(restart: bool) -> bool:
-        train_gan(gan_config, reporter=reporter, fresh=restart)
-        return True
+        result = train_gan(gan_config, reporter=reporter, fresh=restart)
+        # A finished GAN asked for fewer epochs trains nothing, and the captioner need not start over.
+        return restart or bool(result.epoch_summaries)
 
     run_stage("gan", gan_config.to_dict(), (gan_dir / "discriminator.safetensors").exists(), train_gan_stage)
 
@@ -477,8 +478,8 @@ def run_pipeline(
         clip_warning("the CLIP text encoder is randomly initialised (--clip-pretrained none): the contrastive loss aligns images with random text embeddings, not with CLIP's")
 
     def train_captioner_stage(restart: bool) -> bool:
-        train_captioner(captioner_config, reporter=reporter, fresh=restart)
-        return True
+        result = train_captioner(captioner_config, reporter=reporter, fresh=restart)
+        return restart or bool(result.epoch_summaries)
 
     run_stage("captioner", captioner_config.to_dict(), (captioner_dir / "best.safetensors").exists(), train_captioner_stage)
 
