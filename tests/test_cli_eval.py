@@ -128,3 +128,27 @@ def test_baseline_captions_differ_only_in_class() -> None:
     for label, ceiling_caption, floor_caption in zip(labels, ceiling, floor):
         assert ceiling_caption in captions[label]
         assert ceiling_caption.split(" class ")[0] == floor_caption.split(" class ")[0]
+
+
+def test_cli_eval_one_split_keeps_other(run_dir: Path) -> None:
+    both = runner.invoke(app, ["eval", str(run_dir), "--split", "both", "--beam", "2", "--device", "cpu", *PYTHON_ONLY])
+    assert both.exit_code == 0, both.output
+    test_figures = json.loads((run_dir / "metrics.json").read_text())["splits"]["test"]
+
+    same_settings = runner.invoke(app, ["eval", str(run_dir), "--split", "val", "--beam", "2", "--device", "cpu", *PYTHON_ONLY])
+
+    assert same_settings.exit_code == 0, same_settings.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert sorted(metrics["splits"]) == ["test", "val"]
+    assert metrics["splits"]["test"] == test_figures
+    splits_in_captions = [json.loads(line)["split"] for line in (run_dir / "captions.jsonl").read_text().splitlines()]
+    assert splits_in_captions.count("test") == 200
+    assert splits_in_captions.count("val") == 100
+    assert (run_dir / "per_class_test.csv").is_file()
+
+    other_beam = runner.invoke(app, ["eval", str(run_dir), "--split", "val", "--beam", "1", "--device", "cpu", *PYTHON_ONLY])
+
+    assert other_beam.exit_code == 0, other_beam.output
+    assert list(json.loads((run_dir / "metrics.json").read_text())["splits"]) == ["val"]
+    assert {json.loads(line)["split"] for line in (run_dir / "captions.jsonl").read_text().splitlines()} == {"val"}
+    assert not (run_dir / "per_class_test.csv").exists()

@@ -37,13 +37,15 @@ from hybridcap.datasets import load_prepared
 from hybridcap.datasets.captions import readable_class_name, readable_superclass_name
 from hybridcap.device import DeviceChoice, Precision, resolve_device
 from hybridcap.errors import RunFolderError
-from hybridcap.io import atomic_write_json, atomic_write_text
+from hybridcap.io import atomic_write_json, atomic_write_text, read_json
 from hybridcap.metrics.accuracy import ClassNameMatcher, caption_accuracy
 from hybridcap.metrics.captioning import METRIC_NAMES, CaptionScorer, CaptionScores, Tokenizer
 from hybridcap.training.reporting import TrainingReporter
 from hybridcap.training.run_folder import split_change
 
 EVALUATION_SPLITS = ("val", "test")
+# Top-level entries of metrics.json that must match for results of two evaluations to share it.
+_SETTINGS_KEYS = ("checkpoint", "checkpoint_step", "beam_size", "precision", "metrics", "tokenizer", "floor_seed")
 METRICS_FILE = "metrics.json"
 CAPTIONS_FILE = "captions.jsonl"
 
@@ -198,6 +200,7 @@ def evaluate_run(
     summary = {
         "run_dir": str(run_dir),
         "checkpoint": "best",
+        "checkpoint_step": loaded.config.get("global_step"),
         "beam_size": beam_size,
         "precision": Precision(precision).value,
         "metrics": list(scorer.metrics),
@@ -287,9 +290,11 @@ def _write_outputs(
     fine_names: Sequence[str],
 ) -> list[Path]:
     files = [run_dir / METRICS_FILE, run_dir / CAPTIONS_FILE]
+    kept_splits, kept_lines = _results_to_keep(run_dir, summary, evaluations)
+    summary["splits"] = {**kept_splits, **summary["splits"]}
     atomic_write_json(files[0], summary)
 
-    lines = []
+    lines = list(kept_lines)
     for split, evaluation in evaluations.items():
         for index, (caption, label) in enumerate(zip(evaluation.captions, evaluation.fine_labels)):
             record = {
@@ -312,7 +317,38 @@ def _write_outputs(
             writer.writerows(evaluation.per_class)
         atomic_write_text(path, buffer.getvalue())
         files.append(path)
+    for split in EVALUATION_SPLITS:
+        if split not in summary["splits"]:
+            # Left from an evaluation whose figures are no longer in metrics.json.
+            (run_dir / f"per_class_{split}.csv").unlink(missing_ok=True)
     return files
+
+
+def _results_to_keep(run_dir: Path, summary: dict[str, Any], evaluations: dict[str, SplitEvaluation]) -> tuple[dict[str, Any], list[str]]:
+    """Return the earlier results of the splits not evaluated now, when they came from the same checkpoint and settings.
+
+    So ``--split val`` after a full evaluation keeps the test figures, captions and CSV. Results
+    made with another checkpoint or other settings are dropped instead, so that the files never
+    mix two evaluations.
+    """
+    try:
+        previous = read_json(run_dir / METRICS_FILE)
+    except RunFolderError:
+        return {}, []
+    if not isinstance(previous, dict) or any(previous.get(key) != summary[key] for key in _SETTINGS_KEYS):
+        return {}, []
+    earlier_splits = {split: result for split, result in previous.get("splits", {}).items() if split in EVALUATION_SPLITS and split not in evaluations}
+    lines = []
+    captions_path = run_dir / CAPTIONS_FILE
+    if earlier_splits and captions_path.is_file():
+        for line in captions_path.read_text(encoding="utf-8").splitlines():
+            try:
+                split = json.loads(line).get("split")
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            if split in earlier_splits:
+                lines.append(line)
+    return earlier_splits, lines
 
 
 def _data_root_of(checkpoint_metadata: dict[str, Any], run_dir: Path) -> Path:
