@@ -108,6 +108,14 @@ def test_cli_eval_missing_run(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
 
 
+def test_cli_eval_beam_over_limit(run_dir: Path) -> None:
+    result = runner.invoke(app, ["eval", str(run_dir), "--beam", "1001", *PYTHON_ONLY])
+
+    assert result.exit_code == 2
+    assert "less than or equal to 1000" in result.stderr
+    assert not (run_dir / "metrics.json").exists()
+
+
 def test_cli_eval_unknown_metric(run_dir: Path) -> None:
     result = runner.invoke(app, ["eval", str(run_dir), "--metrics", "bleu_1,spice"])
 

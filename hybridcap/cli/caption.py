@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from hybridcap.cli.console import console, error_console, handle_errors
+from hybridcap.cli.options import MAX_BEAM_WIDTH
 from hybridcap.device import DeviceChoice
 from hybridcap.errors import HybridcapError
 
@@ -46,7 +47,7 @@ def latest_captioner_run(runs_root: Path = DEFAULT_RUNS_ROOT) -> Path:
 def caption_command(
     images: Annotated[list[Path], typer.Argument(help="Image files, or folders whose image files are all captioned.", show_default=False)],
     run: Annotated[Path | None, typer.Option("--run", help="Captioner run folder. Default: the latest one under runs/.", show_default=False)] = None,
-    beam: Annotated[int, typer.Option(min=1, help="Beam width; 1 decodes greedily.")] = 3,
+    beam: Annotated[int, typer.Option(min=1, max=MAX_BEAM_WIDTH, help="Beam width; 1 decodes greedily.")] = 3,
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="Show this many best beams per image with their log-probabilities.")] = 1,
     device: Annotated[DeviceChoice, typer.Option(help="Device to run the captioner on.")] = DeviceChoice.auto,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON list with an entry per image instead of text.")] = False,
@@ -66,7 +67,7 @@ def caption_command(
     from hybridcap.datasets import normalize_images
     from hybridcap.datasets.images import expand_image_paths, load_image
     from hybridcap.device import resolve_device
-    from hybridcap.training.inference import load_captioner
+    from hybridcap.training.inference import MAX_BEAM_ROWS, load_captioner
 
     entries: list[dict[str, Any]] = []
     loaded_images = []
@@ -100,9 +101,10 @@ def caption_command(
         torch_device = resolve_device(device)
         loaded = load_captioner(run_dir, checkpoint="best", device=torch_device)
         batch_results = []
+        images_per_batch = max(1, min(BATCH_SIZE, MAX_BEAM_ROWS // beam))
         with torch.inference_mode():
-            for start in range(0, len(loaded_images), BATCH_SIZE):
-                batch = torch.stack(loaded_images[start : start + BATCH_SIZE]).to(torch_device)  # (B, 3, 32, 32) uint8
+            for start in range(0, len(loaded_images), images_per_batch):
+                batch = torch.stack(loaded_images[start : start + images_per_batch]).to(torch_device)  # (B, 3, 32, 32) uint8
                 batch_results.extend(loaded.model.generate_with_scores(normalize_images(batch), beam_size=beam, top_k=top_k))
         for entry, beams in zip(loaded_entries, batch_results):
             decoded = [{"caption": loaded.vocabulary.decode(token_ids), "log_probability": round(float(score), 4)} for token_ids, score in beams]

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from hybridcap.cli.console import console, error_console, handle_errors, warn
+from hybridcap.cli.options import MAX_BEAM_WIDTH
 from hybridcap.device import DeviceChoice, Precision
 from hybridcap.metrics.names import METRIC_NAMES, METRIC_TITLES, Tokenizer
 from hybridcap.training.reporting import TrainingReporter
@@ -26,7 +27,7 @@ class SplitChoice(str, enum.Enum):
 def eval_command(
     run_dir: Annotated[Path, typer.Argument(help="Captioner run folder (contains best.safetensors).", show_default=False)],
     split: Annotated[SplitChoice, typer.Option(help="Which split to caption and score.")] = SplitChoice.both,
-    beam: Annotated[int, typer.Option(min=1, help="Beam width for caption generation; 1 decodes greedily.")] = 3,
+    beam: Annotated[int, typer.Option(min=1, max=MAX_BEAM_WIDTH, help="Beam width for caption generation; 1 decodes greedily.")] = 3,
     metrics: Annotated[
         list[str] | None,
         typer.Option(help=f"Metrics to compute, comma separated or repeated, from: {', '.join(METRIC_NAMES)}. Default: all seven."),
