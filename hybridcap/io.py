@@ -147,3 +147,20 @@ def load_weights(path: str | os.PathLike[str], device: str | torch.device = "cpu
     except json.JSONDecodeError as error:
         raise RunFolderError(f"invalid config metadata in {path}: {error}") from error
     return tensors, config
+
+
+def state_dict_mismatch(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """Describe the first missing, unexpected and wrongly shaped entries of ``tensors`` for ``module``, or return None."""
+    expected = module.state_dict()
+    problems = []
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        problems.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    unexpected = [name for name in tensors if name not in expected]
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    wrong_shapes = [name for name in expected if name in tensors and tuple(tensors[name].shape) != tuple(expected[name].shape)]
+    if wrong_shapes:
+        name = wrong_shapes[0]
+        problems.append(f"{len(wrong_shapes)} of another shape, e.g. {name} is {tuple(tensors[name].shape)}, expected {tuple(expected[name].shape)}")
+    return "; ".join(problems) or None

@@ -11,7 +11,7 @@ import torch
 from captioner_helpers import tiny_config, with_cache
 from hybridcap.datasets import load_prepared
 from hybridcap.errors import DataError, HybridcapError, RunFolderError, TrainingDivergedError
-from hybridcap.io import load_weights, read_json
+from hybridcap.io import load_weights, read_json, save_weights
 from hybridcap.training.captioner import CaptionerConfig, train_captioner
 from hybridcap.training.gan import GanConfig, load_discriminator, train_gan
 from hybridcap.training.inference import class_accuracy, load_captioner
@@ -220,7 +220,7 @@ def test_captioner_fewer_epochs_keeps_config(captioner_data: Path, captioner_gan
 
 
 def test_captioner_missing_gan_run_raises(captioner_data: Path, tmp_path: Path):
-    with pytest.raises(RunFolderError, match=r"GAN run folder .*absent not found; run `hybridcap train-gan --out"):
+    with pytest.raises(RunFolderError, match=r"GAN run folder .*absent not found; run `hybridcap train-gan --data-root .* --out"):
         train_captioner(tiny_config(captioner_data, tmp_path / "absent", tmp_path / "run"))
 
     assert not (tmp_path / "run").exists()
@@ -272,6 +272,22 @@ def test_captioner_bf16_trains_on_cpu(captioner_data: Path, captioner_gan_run: P
 
     assert result.epochs_completed == 1
     assert torch.isfinite(torch.tensor(result.epoch_summaries[0]["loss"]))
+
+
+def test_load_captioner_wrong_shape_names_tensor(captioner_data: Path, captioner_gan_run: Path, captioner_embedding_cache: Path, tmp_path: Path):
+    out = with_cache(tmp_path / "run", captioner_embedding_cache)
+    train_captioner(tiny_config(captioner_data, captioner_gan_run, out, epochs=1))
+    tensors, metadata = load_weights(out / "best.safetensors")
+    tensors["decoder.output.bias"] = torch.zeros(3)
+    del tensors["decoder.output.weight"]
+    save_weights(out / "best.safetensors", tensors, metadata)
+
+    with pytest.raises(RunFolderError) as raised:
+        load_captioner(out)
+
+    message = str(raised.value)
+    assert "1 missing, e.g. decoder.output.weight" in message
+    assert "1 of another shape, e.g. decoder.output.bias is (3,), expected" in message
 
 
 def test_load_captioner_missing_checkpoint_raises(tmp_path: Path):

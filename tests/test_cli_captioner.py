@@ -76,7 +76,7 @@ def test_cli_train_captioner_missing_gan_run_fails(captioner_data: Path, tmp_pat
     assert result.exit_code == 1
     assert len(error_lines) == 1
     assert error_lines[0].startswith("error: GAN run folder")
-    assert "hybridcap train-gan --out" in error_lines[0]
+    assert "hybridcap train-gan --data-root" in error_lines[0]
     assert "Traceback" not in result.output
 
 

@@ -176,7 +176,10 @@ class _StallingHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_cli_data_interrupted_download(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_cli_data_interrupted_download(tmp_path: Path, signal_number: int) -> None:
+    _StallingHandler.request_seen.clear()
+    _StallingHandler.release.clear()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StallingHandler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -190,7 +193,7 @@ def test_cli_data_interrupted_download(tmp_path: Path) -> None:
             text=True,
         )
         assert _StallingHandler.request_seen.wait(timeout=60)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal_number)
         _, stderr = process.communicate(timeout=60)
     finally:
         _StallingHandler.release.set()

@@ -236,6 +236,15 @@ def test_java_missing_simple_tokenizer_meteor(monkeypatch, tmp_path):
     assert "PTB" not in str(raised.value)
 
 
+def test_java_missing_ptb_without_meteor(monkeypatch, tmp_path):
+    _empty_path(monkeypatch, tmp_path)
+    with pytest.raises(JavaNotFoundError) as raised:
+        CaptionScorer(["bleu_4"])
+    assert "the PTB tokenizer (which every metric uses by default) needs it" in str(raised.value)
+    assert str(raised.value).endswith("or pass --tokenizer simple")
+    assert "METEOR" not in str(raised.value)
+
+
 def test_java_missing_simple_tokenizer_works(monkeypatch, tmp_path):
     _empty_path(monkeypatch, tmp_path)
     scores = score_captions(["a cat"], [["a cat"]], metrics=["bleu_1", "rouge_l", "cider"], tokenizer="simple")

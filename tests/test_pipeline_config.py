@@ -38,6 +38,8 @@ def test_resolve_config_metrics_string() -> None:
         ({"captioner": {"dropout": "high"}}, "invalid value 'high' for dropout in [captioner]: expected a number"),
         ({"data": {"val_per_class": "abc"}}, "invalid value 'abc' for val_per_class in [data]"),
         ({"seed": "abc"}, "invalid value 'abc' for seed: expected an integer"),
+        ({"device": "tpu"}, "invalid value 'tpu' for device: expected one of auto, cpu, cuda, mps"),
+        ({"precision": "fp16"}, "invalid value 'fp16' for precision: expected one of fp32, bf16"),
         ({"gan": 3}, "invalid value 3 for gan: expected a [gan] table"),
         ({"gan": {"epoch": 3}}, "unknown key(s) epoch in [gan]"),
         ({"captioner": {"gan_run": "elsewhere"}}, "unknown key(s) gan_run in [captioner]"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from hybridcap import __version__
@@ -45,4 +47,11 @@ _register_commands()
 
 
 def main() -> None:
+    # Batch schedulers stop jobs with SIGTERM. Turning it into the Ctrl-C path lets atomic writes
+    # remove their temporary files and prints the same one-line message.
+    signal.signal(signal.SIGTERM, _interrupt)
     app()
+
+
+def _interrupt(signal_number: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -92,10 +92,15 @@ def require_java(metrics: Sequence[str], tokenizer: Tokenizer | str = Tokenizer.
     if java is not None:
         return java
     without_meteor = ",".join(name for name in metrics if name != "meteor") or ",".join(name for name in METRIC_NAMES if name != "meteor")
-    if tokenizer is Tokenizer.ptb:
+    if tokenizer is Tokenizer.ptb and "meteor" in metrics:
         raise JavaNotFoundError(
             "java was not found on PATH, but METEOR and the PTB tokenizer (which every metric uses by default) need it; "
             f"install a Java runtime, or skip both with --tokenizer simple --metrics {without_meteor}"
+        )
+    if tokenizer is Tokenizer.ptb:
+        raise JavaNotFoundError(
+            "java was not found on PATH, but the PTB tokenizer (which every metric uses by default) needs it; "
+            "install a Java runtime, or pass --tokenizer simple"
         )
     raise JavaNotFoundError(f"java was not found on PATH, but METEOR needs it; install a Java runtime, or skip it with --metrics {without_meteor}")
 

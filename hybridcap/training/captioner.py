@@ -238,11 +238,11 @@ def _learning_rate_factor(step: int, total_steps: int) -> float:
     return FINAL_LEARNING_RATE_FRACTION + (1 - FINAL_LEARNING_RATE_FRACTION) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _load_gan_trunk(gan_run: Path, device: torch.device) -> DiscriminatorTrunk:
+def _load_gan_trunk(gan_run: Path, data_root: str, device: torch.device) -> DiscriminatorTrunk:
     from hybridcap.training.gan import load_discriminator
 
     if not gan_run.is_dir():
-        raise RunFolderError(f"GAN run folder {gan_run} not found; run `hybridcap train-gan --out {gan_run}` first or pass --gan with an existing run")
+        raise RunFolderError(f"GAN run folder {gan_run} not found; run `hybridcap train-gan --data-root {data_root} --out {gan_run}` first or pass --gan with an existing run")
     discriminator = load_discriminator(gan_run, device)
     return DiscriminatorTrunk(discriminator)
 
@@ -702,7 +702,7 @@ def train_captioner(
         raise DataError(f"the training split in {config.data_root} has {train_count} images, fewer than one batch of {config.batch_size}; lower --batch-size")
     if len(data.split("val")) == 0:
         raise DataError(f"the validation split in {config.data_root} is empty, so no checkpoint could be selected; run `{data.data_command(val_per_class=50)}`")
-    trunk = _load_gan_trunk(Path(config.gan_run), device)
+    trunk = _load_gan_trunk(Path(config.gan_run), str(config.data_root), device)
     if resume:
         _check_same_gan_width(run_dir, trunk)
         change = split_change(_read_state_counters(run_dir / STATE_FILE).get("data_split"), data)

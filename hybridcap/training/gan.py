@@ -29,7 +29,7 @@ import torch
 from hybridcap.datasets import PreparedCifar100, default_data_root, load_prepared
 from hybridcap.device import DeviceChoice, Precision, resolve_device
 from hybridcap.errors import DataError, HybridcapError, RunFolderError, TrainingDivergedError
-from hybridcap.io import atomic_write_json, atomic_write_text, load_weights, remove_stale_temporary_files, save_weights
+from hybridcap.io import atomic_write_json, atomic_write_text, load_weights, remove_stale_temporary_files, save_weights, state_dict_mismatch
 from hybridcap.networks.dcgan import DcganConfig, Discriminator, Generator, init_dcgan_weights
 from hybridcap.training.checkpoint import load_training_state, save_training_state
 from hybridcap.training.gan_step import (
@@ -500,9 +500,8 @@ def load_discriminator(run_dir: str | Path, device: str | torch.device = "cpu") 
     except (TypeError, ValueError) as error:
         raise RunFolderError(f"invalid network config in {path}: {error}") from error
     discriminator = Discriminator(network_config)
-    try:
-        discriminator.load_state_dict(tensors, strict=True)
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise RunFolderError(f"{path} does not match its own config ({first_line})") from error
+    mismatch = state_dict_mismatch(discriminator, tensors)
+    if mismatch is not None:
+        raise RunFolderError(f"{path} does not match its own config ({mismatch}); it is damaged or was not written by hybridcap")
+    discriminator.load_state_dict(tensors, strict=True)
     return discriminator.to(device).eval()

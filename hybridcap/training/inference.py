@@ -18,7 +18,7 @@ import torch
 from hybridcap.datasets import Vocabulary, caption_names_class, normalize_images
 from hybridcap.device import Precision, autocast
 from hybridcap.errors import RunFolderError
-from hybridcap.io import load_weights, read_json
+from hybridcap.io import load_weights, read_json, state_dict_mismatch
 from hybridcap.networks.captioner import Captioner, CaptionerNetworkConfig
 from hybridcap.networks.dcgan import DcganConfig
 from hybridcap.training.run_folder import wrong_folder_message
@@ -135,11 +135,10 @@ def load_captioner(run_dir: str | os.PathLike[str], checkpoint: str = "best", de
     except (TypeError, ValueError, KeyError) as error:
         raise RunFolderError(f"invalid captioner config in {path}: {error}") from error
     model_tensors = {key: value for key, value in tensors.items() if key != LOGIT_SCALE_KEY}
-    try:
-        model.load_state_dict(model_tensors, strict=True)
-    except RuntimeError as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise RunFolderError(f"{path} does not match its own config ({first_line})") from error
+    mismatch = state_dict_mismatch(model, model_tensors)
+    if mismatch is not None:
+        raise RunFolderError(f"{path} does not match its own config ({mismatch}); it is damaged or was not written by hybridcap")
+    model.load_state_dict(model_tensors, strict=True)
     model.to(device).eval()
 
     vocabulary_values = read_json(run_dir / VOCABULARY_FILE)

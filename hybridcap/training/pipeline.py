@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybridcap.device import DeviceChoice, Precision
 from hybridcap.errors import HybridcapError
 from hybridcap.metrics.names import Tokenizer, parse_metric_names
 from hybridcap.io import atomic_write_json, read_json
@@ -242,6 +243,10 @@ def resolve_config(
     for key in ("out", "device", "precision"):
         if key in values and not isinstance(values[key], str):
             raise HybridcapError(f"invalid value {values[key]!r} for {key}: expected a string")
+    for key, choices in (("device", DeviceChoice), ("precision", Precision)):
+        allowed = [choice.value for choice in choices]
+        if key in values and values[key] not in allowed:
+            raise HybridcapError(f"invalid value {values[key]!r} for {key}: expected one of {', '.join(allowed)}")
     if "seed" in values and (isinstance(values["seed"], bool) or not isinstance(values["seed"], int)):
         raise HybridcapError(f"invalid value {values['seed']!r} for seed: expected an integer")
     for section in ("data", "gan", "captioner", "eval"):
@@ -400,7 +405,11 @@ def run_pipeline(
     try:
         require_java(config.eval.metrics, config.eval.tokenizer)
     except JavaNotFoundError as error:
-        needs = (["METEOR"] if "meteor" in config.eval.metrics else []) + (["the PTB tokenizer"] if Tokenizer(config.eval.tokenizer) is Tokenizer.ptb else [])
+        needs = []
+        if "meteor" in config.eval.metrics:
+            needs.append("METEOR")
+        if Tokenizer(config.eval.tokenizer) is Tokenizer.ptb:
+            needs.append("the PTB tokenizer")
         without_meteor = ",".join(name for name in config.eval.metrics if name != "meteor")
         raise JavaNotFoundError(
             f"java was not found on PATH, but the evaluation stage needs it for {' and '.join(needs)}; install a "
