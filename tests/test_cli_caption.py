@@ -148,3 +148,4 @@ def test_cli_caption_default_run_subprocess(tiny_captioner_run: Path, images: di
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith(f"{images['icon']}: ")
     assert "open_clip imported: False" in completed.stdout
+    assert completed.stderr.strip() == f"using the latest captioner run, {Path('runs') / 'experiment' / 'captioner'}"

@@ -191,6 +191,13 @@ def test_load_image_missing_file(tmp_path):
         load_image(tmp_path / "missing.png")
 
 
+def test_load_image_symlink_loop(tmp_path):
+    (tmp_path / "first.png").symlink_to(tmp_path / "second.png")
+    (tmp_path / "second.png").symlink_to(tmp_path / "first.png")
+    with pytest.raises(DataError, match=r"first\.png: cannot read the file \(Too many levels of symbolic links\)"):
+        load_image(tmp_path / "first.png")
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -59,7 +59,12 @@ def caption_command(
     """
     if top_k > beam:
         raise HybridcapError(f"--top-k {top_k} is more than --beam {beam}; use --beam {top_k} or more")
-    run_dir = run if run is not None else latest_captioner_run()
+    if run is not None:
+        run_dir = run
+    else:
+        run_dir = latest_captioner_run()
+        # On stderr, so that --json output stays one JSON document.
+        error_console.print(f"using the latest captioner run, {run_dir}", highlight=False, markup=False, soft_wrap=True)
 
     # Torch is imported here, not at module level, to keep `hybridcap --help` fast.
     import torch

@@ -111,8 +111,13 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
         raise DataError(f"{path}: not an image file that Pillow can read") from error
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise DataError(f"{path}: rejected as a possible decompression bomb ({error})") from error
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
-        # Pillow reports truncated and corrupt data as OSError, SyntaxError or ValueError.
+    except OSError as error:
+        if error.errno is not None:
+            # An error of the file system, such as a symbolic link loop, not of the image data.
+            raise DataError(f"{path}: cannot read the file ({error.strerror or error})") from error
+        raise DataError(f"{path}: cannot decode the image, the file is truncated or corrupt ({error})") from error
+    except (SyntaxError, ValueError, EOFError, MemoryError) as error:
+        # Pillow reports truncated and corrupt data as OSError without errno, SyntaxError or ValueError.
         raise DataError(f"{path}: cannot decode the image, the file is truncated or corrupt ({error})") from error
 
     try:
