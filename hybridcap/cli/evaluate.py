@@ -44,7 +44,8 @@ def eval_command(
 
     Prints BLEU-1..4, METEOR, ROUGE-L, CIDEr and class/superclass accuracy for the model, for a
     floor (a reference caption of a random class) and for a ceiling (the same template with the
-    true class). Writes metrics.json, captions.jsonl and per_class_<split>.csv in RUN_DIR.
+    true class). Writes metrics.json, captions.jsonl and per_class_<split>.csv in RUN_DIR; with
+    --split val or test, the other split's results stay if the same checkpoint and settings made them.
     """
     from hybridcap.metrics.names import parse_metric_names
     from hybridcap.training.evaluation import evaluate_run
