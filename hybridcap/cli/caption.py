@@ -72,7 +72,7 @@ def caption_command(
     from hybridcap.datasets import normalize_images
     from hybridcap.datasets.images import expand_image_paths, load_image
     from hybridcap.device import resolve_device
-    from hybridcap.training.inference import MAX_BEAM_ROWS, load_captioner
+    from hybridcap.training.inference import images_per_batch, load_captioner
 
     entries: list[dict[str, Any]] = []
     loaded_images = []
@@ -106,10 +106,10 @@ def caption_command(
         torch_device = resolve_device(device)
         loaded = load_captioner(run_dir, checkpoint="best", device=torch_device)
         batch_results = []
-        images_per_batch = max(1, min(BATCH_SIZE, MAX_BEAM_ROWS // beam))
+        batch_size = images_per_batch(BATCH_SIZE, beam)
         with torch.inference_mode():
-            for start in range(0, len(loaded_images), images_per_batch):
-                batch = torch.stack(loaded_images[start : start + images_per_batch]).to(torch_device)  # (B, 3, 32, 32) uint8
+            for start in range(0, len(loaded_images), batch_size):
+                batch = torch.stack(loaded_images[start : start + batch_size]).to(torch_device)  # (B, 3, 32, 32) uint8
                 batch_results.extend(loaded.model.generate_with_scores(normalize_images(batch), beam_size=beam, top_k=top_k))
         for entry, beams in zip(loaded_entries, batch_results):
             decoded = [{"caption": loaded.vocabulary.decode(token_ids), "log_probability": round(float(score), 4)} for token_ids, score in beams]

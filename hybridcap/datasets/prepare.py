@@ -28,6 +28,7 @@ from hybridcap.datasets.prepared import (
     FORMAT_VERSION,
     IMAGES_FILE,
     MANIFEST_FILE,
+    SOURCE_OPTIONS,
     VOCABULARY_FILE,
     read_manifest,
 )
@@ -148,7 +149,7 @@ def prepare_cifar100(
 
 
 def _describe_source(url: str | None, archive: str | Path | None, directory: str | Path | None) -> dict[str, str]:
-    sources_given = [name for name, value in (("--url", url), ("--archive", archive), ("--dir", directory)) if value is not None]
+    sources_given = [SOURCE_OPTIONS[kind] for kind, value in (("url", url), ("archive", archive), ("directory", directory)) if value is not None]
     if len(sources_given) > 1:
         raise DataError(f"{' and '.join(sources_given)} were given together; choose one source")
     if archive is not None:

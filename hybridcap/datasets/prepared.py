@@ -34,6 +34,8 @@ VOCABULARY_FILE = "vocabulary.json"
 DATA_FILES = (IMAGES_FILE, CLASSES_FILE, CAPTIONS_FILE, VOCABULARY_FILE)
 
 SPLIT_NAMES = ("train", "val", "test")
+# The ``hybridcap data`` option of each source kind that a manifest records.
+SOURCE_OPTIONS = {"url": "--url", "archive": "--archive", "directory": "--dir"}
 
 
 @dataclass
@@ -153,7 +155,7 @@ def data_command(root: Path, options: Mapping[str, Any] | None = None, *, force:
     options = options or {}
     arguments = ["hybridcap", "data", "--root", str(root)]
     source = options.get("source") or {}
-    flag = {"archive": "--archive", "directory": "--dir", "url": "--url"}.get(source.get("kind"))
+    flag = SOURCE_OPTIONS.get(source.get("kind"))
     if flag is not None and source.get("location") not in (None, OFFICIAL_URL):
         arguments += [flag, str(source["location"])]
     for option, key in (("--val-per-class", "val_per_class"), ("--seed", "seed")):

@@ -77,6 +77,16 @@ def sanitize_caption(text: str) -> str:
     return " ".join("".join(characters).split())
 
 
+def parts_needing_java(metrics: Sequence[str], tokenizer: Tokenizer | str = Tokenizer.ptb) -> list[str]:
+    """Return the names of the scorer parts that run in Java for ``metrics`` and ``tokenizer``, for messages."""
+    parts = []
+    if "meteor" in metrics:
+        parts.append("METEOR")
+    if Tokenizer(tokenizer) is Tokenizer.ptb:
+        parts.append("the PTB tokenizer")
+    return parts
+
+
 def require_java(metrics: Sequence[str], tokenizer: Tokenizer | str = Tokenizer.ptb) -> str | None:
     """Return the Java executable when ``metrics`` or ``tokenizer`` need it, else None.
 
@@ -85,8 +95,7 @@ def require_java(metrics: Sequence[str], tokenizer: Tokenizer | str = Tokenizer.
             it and the options that skip them.
     """
     tokenizer = Tokenizer(tokenizer)
-    needs_java = tokenizer is Tokenizer.ptb or "meteor" in metrics
-    if not needs_java:
+    if not parts_needing_java(metrics, tokenizer):
         return None
     java = find_java()
     if java is not None:

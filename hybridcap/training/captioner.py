@@ -51,7 +51,7 @@ from hybridcap.training.inference import (
     class_accuracy,
 )
 from hybridcap.training.reporting import TrainingReporter
-from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, reject_other_run_folder, saved_config_to_resume, split_change
+from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, reject_other_run_folder, reject_resume_on_other_split, saved_config_to_resume, split_change
 
 
 # Fraction of all steps over which the learning rates rise linearly from 0 before the cosine decay.
@@ -704,10 +704,9 @@ def train_captioner(
         raise DataError(f"the validation split in {config.data_root} is empty, so no checkpoint could be selected; run `{data.data_command(val_per_class=50)}`")
     trunk = _load_gan_trunk(Path(config.gan_run), str(config.data_root), device)
     if resume:
-        _check_same_gan_width(run_dir, trunk)
-        change = split_change(_read_state_counters(run_dir / STATE_FILE).get("data_split"), data)
-        if change is not None:
-            raise RunFolderError(f"cannot resume {run_dir}: {change}, or pass --fresh to start over")
+        counters = _read_state_counters(run_dir / STATE_FILE)
+        _check_same_gan_width(run_dir, counters.get("dcgan"), trunk)
+        reject_resume_on_other_split(run_dir, counters.get("data_split"), data)
     _warn_if_gan_split_differs(Path(config.gan_run), data, reporter)
 
     if fresh:
@@ -765,9 +764,8 @@ def train_captioner(
     return result
 
 
-def _check_same_gan_width(run_dir: Path, trunk: DiscriminatorTrunk) -> None:
-    """Raise RunFolderError when the GAN run's network differs from the one the run was trained on."""
-    saved = _read_state_counters(run_dir / STATE_FILE).get("dcgan")
+def _check_same_gan_width(run_dir: Path, saved: dict[str, Any] | None, trunk: DiscriminatorTrunk) -> None:
+    """Raise RunFolderError when ``saved``, the GAN network config the run recorded, differs from the GAN of ``trunk``."""
     current = trunk.discriminator.config.to_dict()
     if saved is not None and saved != current:
         raise RunFolderError(

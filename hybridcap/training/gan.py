@@ -42,7 +42,7 @@ from hybridcap.training.gan_step import (
 )
 from hybridcap.training.plots import save_loss_curve, save_sample_grid
 from hybridcap.training.reporting import TrainingReporter
-from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, reject_other_run_folder, saved_config_to_resume, split_change, wrong_folder_message
+from hybridcap.training.run_folder import derived_seed, epoch_permutation, read_log_rows, reject_other_run_folder, reject_resume_on_other_split, saved_config_to_resume, wrong_folder_message
 
 CONFIG_FILE = "config.json"
 GENERATOR_FILE = "generator.safetensors"
@@ -261,9 +261,7 @@ class _GanTrainer:
             raise RunFolderError(
                 f"invalid training counters in {self.run_dir / STATE_FILE} ({error!r}); pass --fresh to start over"
             ) from error
-        change = split_change(counters.get("data_split"), self.data)
-        if change is not None:
-            raise RunFolderError(f"cannot resume {self.run_dir}: {change}, or pass --fresh to start over")
+        reject_resume_on_other_split(self.run_dir, counters.get("data_split"), self.data)
         if counters.get("steps_per_epoch") != self.steps_per_epoch:
             raise RunFolderError(
                 f"cannot resume {self.run_dir}: it has {counters.get('steps_per_epoch')} steps per epoch but the "

@@ -77,11 +77,10 @@ class LoadedCaptioner:
     ) -> list[str]:
         """Return one caption per uint8 image of ``images`` ``(N, 3, 32, 32)``, on any device.
 
-        Beam search holds ``beam_size`` rows per image, so a batch takes at most
-        ``MAX_BEAM_ROWS // beam_size`` images (at least one), whatever ``batch_size`` says.
+        ``batch_size`` is lowered for wide beams, see ``images_per_batch``.
         """
         device = next(self.model.parameters()).device
-        batch_size = max(1, min(batch_size, MAX_BEAM_ROWS // beam_size))
+        batch_size = images_per_batch(batch_size, beam_size)
         texts: list[str] = []
         for start in range(0, images.shape[0], batch_size):
             batch = normalize_images(images[start : start + batch_size].to(device))  # (b, 3, 32, 32)
@@ -89,6 +88,14 @@ class LoadedCaptioner:
                 token_rows = self.model.generate(batch, beam_size=beam_size)
             texts.extend(self.vocabulary.decode(row) for row in token_rows)
         return texts
+
+
+def images_per_batch(batch_size: int, beam_size: int) -> int:
+    """Return how many images one generation batch may take: ``batch_size``, but at most ``MAX_BEAM_ROWS`` rows.
+
+    Beam search keeps ``beam_size`` decoder rows per image, and a batch takes at least one image.
+    """
+    return max(1, min(batch_size, MAX_BEAM_ROWS // beam_size))
 
 
 def checkpoint_path(run_dir: str | os.PathLike[str], checkpoint: str = "best") -> Path:

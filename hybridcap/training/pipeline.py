@@ -360,7 +360,7 @@ def run_pipeline(
     from hybridcap.datasets import default_data_root, load_prepared, prepare_cifar100
     from hybridcap.device import resolve_device
     from hybridcap.networks.text_encoder import check_text_encoder_weights
-    from hybridcap.metrics.captioning import require_java
+    from hybridcap.metrics.captioning import parts_needing_java, require_java
     from hybridcap.metrics.java import JavaNotFoundError
     from hybridcap.training.captioner import CaptionerConfig, train_captioner
     from hybridcap.training.captioner import validate_config as validate_captioner_config
@@ -405,11 +405,7 @@ def run_pipeline(
     try:
         require_java(config.eval.metrics, config.eval.tokenizer)
     except JavaNotFoundError as error:
-        needs = []
-        if "meteor" in config.eval.metrics:
-            needs.append("METEOR")
-        if Tokenizer(config.eval.tokenizer) is Tokenizer.ptb:
-            needs.append("the PTB tokenizer")
+        needs = parts_needing_java(config.eval.metrics, config.eval.tokenizer)
         without_meteor = ",".join(name for name in config.eval.metrics if name != "meteor")
         raise JavaNotFoundError(
             f"java was not found on PATH, but the evaluation stage needs it for {' and '.join(needs)}; install a "

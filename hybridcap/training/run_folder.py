@@ -164,3 +164,10 @@ def split_change(recorded: Mapping[str, Any] | None, data: PreparedCifar100) -> 
     source = recorded.get("source") or current["source"]
     restore = data_command(data.root, {"source": source, "val_per_class": val_per_class, "seed": seed})
     return f"the prepared data in {data.root} {difference}; restore it with `{restore}`"
+
+
+def reject_resume_on_other_split(run_dir: Path, recorded: Mapping[str, Any] | None, data: PreparedCifar100) -> None:
+    """Raise RunFolderError when the run in ``run_dir``, which recorded the split ``recorded``, would resume on another split of ``data``."""
+    change = split_change(recorded, data)
+    if change is not None:
+        raise RunFolderError(f"cannot resume {run_dir}: {change}, or pass --fresh to start over")
