@@ -140,7 +140,7 @@ def test_gan_option_given_experiment(tiny_captioner_run: Path, prepared_root: Pa
     assert f"use its subfolder {experiment / 'gan'}" in result.stderr
 
 
-def test_train_gan_rejects_folder_with_captioner_subfolder(tiny_captioner_run: Path, prepared_root: Path, tmp_path: Path) -> None:
+def test_train_gan_rejects_experiment_subfolder(tiny_captioner_run: Path, prepared_root: Path, tmp_path: Path) -> None:
     experiment = tmp_path / "experiment"
     shutil.copytree(tiny_captioner_run, experiment / "captioner")
 

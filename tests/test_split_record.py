@@ -143,7 +143,7 @@ def test_captioner_resume_on_resplit_data_raises(
 
     with pytest.raises(RunFolderError, match=r"cannot resume .*the run used --val-per-class 1 --seed 0\).*or pass --fresh"):
         train_captioner(tiny_config(data_root, captioner_gan_run, out, epochs=2), reporter=reporter)
-    # The GAN was trained on the old split too, but the error alone says what to do.
+    # The GAN was trained on the old split too, but the error alone gives the remedy.
     assert reporter.warnings == []
 
 

@@ -117,7 +117,7 @@ def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS)
             raise DataError(f"{path}: cannot read the file ({error.strerror or error})") from error
         raise DataError(f"{path}: cannot decode the image, the file is truncated or corrupt ({error})") from error
     except (SyntaxError, ValueError, EOFError, MemoryError) as error:
-        # Pillow reports truncated and corrupt data as OSError without errno, SyntaxError or ValueError.
+        # Pillow reports truncated and corrupt data as SyntaxError or ValueError, or as an OSError without errno.
         raise DataError(f"{path}: cannot decode the image, the file is truncated or corrupt ({error})") from error
 
     try:

@@ -209,7 +209,7 @@ def check_text_encoder_weights(
     """Check the model and tag of ``spec`` and make sure its weights are on disk, downloading them if needed.
 
     This is what ``load_text_encoder`` does first, without building the tower, so a pipeline can
-    fail before hours of other training rather than after them.
+    fail before its other stages train rather than after them.
 
     Raises:
         HybridcapError: as ``load_text_encoder`` does for an unknown model or tag or for

@@ -261,7 +261,8 @@ def _warn_if_gan_split_differs(gan_run: Path, data: PreparedCifar100, reporter: 
     try:
         recorded = _read_state_counters(gan_state).get("data_split")
     except RunFolderError:
-        return  # the discriminator loaded, and only its state file is unreadable
+        # The discriminator loaded, so only the state file is unreadable, and a warning is not worth failing for.
+        return
     change = split_change(recorded, data)
     if change is not None:
         reporter.warning(f"the GAN run {gan_run} was trained on another split, so validation figures may be optimistic: {change}")
@@ -734,7 +735,7 @@ def train_captioner(
     if resume:
         trainer.load()
     # Written only once the text tower has loaded, so missing CLIP weights leave no run folder behind.
-    # A finished run asked for fewer epochs keeps them, and its config says how many it has.
+    # A finished run asked for fewer epochs keeps them, and its config records how many it has.
     atomic_write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "epochs": max(config.epochs, trainer.epochs_completed)})
     _write_caption_files(run_dir, data)
 

@@ -319,7 +319,7 @@ def _write_outputs(
         files.append(path)
     for split in EVALUATION_SPLITS:
         if split not in summary["splits"]:
-            # Left from an evaluation whose figures are no longer in metrics.json.
+            # A CSV left from an evaluation whose figures are no longer in metrics.json.
             (run_dir / f"per_class_{split}.csv").unlink(missing_ok=True)
     return files
 

@@ -456,7 +456,7 @@ def train_gan(config: GanConfig, *, reporter: TrainingReporter | None = None, fr
             f"training a new DCGAN in {run_dir} on {device.type} ({config.precision}): {images.shape[0]} images, "
             f"{trainer.steps_per_epoch} steps per epoch"
         )
-    # A finished run asked for fewer epochs keeps them, and its config says how many it has.
+    # A finished run asked for fewer epochs keeps them, and its config records how many it has.
     atomic_write_json(run_dir / CONFIG_FILE, {**config.to_dict(), "epochs": max(config.epochs, trainer.epochs_completed)})
 
     result = GanResult(run_dir=run_dir, epochs_completed=trainer.epochs_completed, global_step=trainer.global_step, resumed_from_step=trainer.saved_step)
